@@ -1,0 +1,256 @@
+//! Canonical op definitions: what a vertex digest and an op's cache digest are made of.
+//!
+//! Step names never enter a digest: inputs are referred to by position, so renaming a
+//! step keeps its cache. The encoding is JSON with sorted keys and no spaces.
+
+use std::collections::BTreeMap;
+
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+use super::{Action, FileStep, MergeStep};
+
+/// The canonical definition of a file or merge op, with its inputs by position.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OpDef {
+    /// The input step names, in position order.
+    pub inputs: Vec<String>,
+    /// Per input: the paths a copy reads from it (`None`: the whole tree is used).
+    pub selectors: Vec<Option<Vec<String>>>,
+    /// Per input: whether a copy follows a symlink named by one of its selectors.
+    pub follow_symlinks: Vec<bool>,
+    /// The op without its inputs' identities.
+    pub canonical: Value,
+}
+
+/// `sha256:<hex>` of `bytes`.
+pub fn sha256_digest(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+}
+
+/// The canonical bytes of a JSON value (sorted keys, no spaces).
+pub fn canonical_bytes(v: &Value) -> Vec<u8> {
+    // serde_json's default map is ordered by key; sort explicitly anyway so the bytes do
+    // not depend on whether some crate enabled `preserve_order`.
+    fn sort(v: &Value) -> Value {
+        match v {
+            Value::Object(m) => {
+                let sorted: BTreeMap<&String, Value> =
+                    m.iter().map(|(k, v)| (k, sort(v))).collect();
+                let mut out = serde_json::Map::new();
+                for (k, v) in sorted {
+                    out.insert(k.clone(), v);
+                }
+                Value::Object(out)
+            }
+            Value::Array(a) => Value::Array(a.iter().map(sort).collect()),
+            other => other.clone(),
+        }
+    }
+    serde_json::to_vec(&sort(v)).expect("JSON values encode")
+}
+
+/// The canonical definition of a source op. `identifier` is the source's canonical
+/// form; the platform is kept only when given (image sources).
+pub fn source_op(
+    identifier: &str,
+    attrs: &BTreeMap<String, String>,
+    platform: Option<&str>,
+) -> Value {
+    json!({
+        "op": "source",
+        "identifier": identifier,
+        "attrs": attrs,
+        "platform": platform,
+    })
+}
+
+/// The canonical definition of a file op.
+pub fn file_op(step: &FileStep) -> OpDef {
+    let mut inputs: Vec<String> = Vec::new();
+    let index = |name: &str, inputs: &mut Vec<String>| -> usize {
+        match inputs.iter().position(|n| n == name) {
+            Some(i) => i,
+            None => {
+                inputs.push(name.to_string());
+                inputs.len() - 1
+            }
+        }
+    };
+    let base = step.base.as_deref().map(|b| index(b, &mut inputs));
+    let mut actions = Vec::with_capacity(step.actions.len());
+    let mut selected: BTreeMap<usize, Vec<String>> = BTreeMap::new();
+    let mut follow: BTreeMap<usize, bool> = BTreeMap::new();
+    for a in &step.actions {
+        let mut v = serde_json::to_value(a).expect("actions encode");
+        if let Action::Copy(c) = a {
+            let i = index(&c.from, &mut inputs);
+            v["copy"]["from"] = json!(i);
+            selected
+                .entry(i)
+                .or_default()
+                .push(selector_path(&c.src, c.allow_wildcard));
+            *follow.entry(i).or_default() |= c.follow_symlinks;
+        }
+        actions.push(v);
+    }
+    let selectors = (0..inputs.len())
+        .map(|i| {
+            if Some(i) == base {
+                return None;
+            }
+            selected.get(&i).map(|paths| {
+                let mut p = paths.clone();
+                p.sort();
+                p.dedup();
+                p
+            })
+        })
+        .collect();
+    let follow_symlinks = (0..inputs.len())
+        .map(|i| follow.get(&i).copied().unwrap_or(false))
+        .collect();
+    OpDef {
+        canonical: json!({ "op": "file", "base": base, "actions": actions }),
+        inputs,
+        selectors,
+        follow_symlinks,
+    }
+}
+
+/// The canonical definition of a merge op.
+pub fn merge_op(step: &MergeStep) -> OpDef {
+    // Inputs keep their order (later layers win); a repeated input is a repeated layer.
+    let mut inputs: Vec<String> = Vec::new();
+    let mut layers = Vec::new();
+    for s in &step.inputs {
+        let i = match inputs.iter().position(|n| n == s) {
+            Some(i) => i,
+            None => {
+                inputs.push(s.clone());
+                inputs.len() - 1
+            }
+        };
+        layers.push(i);
+    }
+    OpDef {
+        selectors: vec![None; inputs.len()],
+        follow_symlinks: vec![false; inputs.len()],
+        canonical: json!({ "op": "merge", "layers": layers }),
+        inputs,
+    }
+}
+
+/// The content-hash selector of a copy source: the path, made absolute and clean, cut
+/// before the first component with a wildcard when wildcards are on (the selection is
+/// then the directory that holds every match).
+pub fn selector_path(src: &str, allow_wildcard: bool) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    for c in src.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            c => {
+                if allow_wildcard && c.contains(['*', '?', '[']) {
+                    break;
+                }
+                parts.push(c);
+            }
+        }
+    }
+    format!("/{}", parts.join("/"))
+}
+
+/// The vertex digest: the canonical op plus the vertex digests of its inputs, in order.
+pub fn vertex_digest(canonical: &Value, input_digests: &[String]) -> String {
+    let v = json!({ "op": canonical, "inputs": input_digests });
+    sha256_digest(&canonical_bytes(&v))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::build::{Copy, Mkdir};
+
+    fn copy(from: &str, src: &str) -> Action {
+        Action::Copy(Copy {
+            from: from.into(),
+            src: src.into(),
+            dest: "/d".into(),
+            mode: None,
+            owner: None,
+            follow_symlinks: false,
+            dir_contents: false,
+            create_dest_path: true,
+            allow_wildcard: true,
+            include: vec![],
+            exclude: vec![],
+            unpack: false,
+        })
+    }
+
+    #[test]
+    fn selectors_are_clean_and_cut_at_wildcards() {
+        assert_eq!(selector_path("src/./a", true), "/src/a");
+        assert_eq!(selector_path("../../etc/passwd", true), "/etc/passwd");
+        assert_eq!(selector_path("/src/*.rs", true), "/src");
+        assert_eq!(selector_path("/src/*.rs", false), "/src/*.rs");
+        assert_eq!(selector_path("/", true), "/");
+    }
+
+    #[test]
+    fn file_op_inputs_by_position_and_names_do_not_matter() {
+        let a = FileStep {
+            base: Some("base".into()),
+            actions: vec![copy("ctx", "/b"), copy("ctx", "/a"), copy("other", "/x")],
+        };
+        let b = FileStep {
+            base: Some("renamed".into()),
+            actions: vec![copy("ctx2", "/b"), copy("ctx2", "/a"), copy("o", "/x")],
+        };
+        let (da, db) = (file_op(&a), file_op(&b));
+        assert_eq!(da.inputs, vec!["base", "ctx", "other"]);
+        assert_eq!(da.canonical, db.canonical);
+        assert_eq!(
+            da.selectors,
+            vec![
+                None,
+                Some(vec!["/a".into(), "/b".into()]),
+                Some(vec!["/x".into()])
+            ]
+        );
+    }
+
+    #[test]
+    fn digests_change_with_op_and_inputs() {
+        let s = FileStep {
+            base: None,
+            actions: vec![Action::Mkdir(Mkdir {
+                path: "/a".into(),
+                mode: 0o755,
+                parents: false,
+                owner: None,
+            })],
+        };
+        let d = file_op(&s);
+        let v1 = vertex_digest(&d.canonical, &[]);
+        assert!(v1.starts_with("sha256:") && v1.len() == 71);
+        assert_ne!(v1, vertex_digest(&d.canonical, &["sha256:00".into()]));
+        let mut s2 = s.clone();
+        if let Action::Mkdir(m) = &mut s2.actions[0] {
+            m.mode = 0o700;
+        }
+        assert_ne!(v1, vertex_digest(&file_op(&s2).canonical, &[]));
+    }
+
+    #[test]
+    fn copy_from_the_base_uses_the_whole_base() {
+        let s = FileStep {
+            base: Some("b".into()),
+            actions: vec![copy("b", "/x")],
+        };
+        assert_eq!(file_op(&s).selectors, vec![None]);
+    }
+}
