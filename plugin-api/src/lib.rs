@@ -109,6 +109,8 @@
 pub mod abi;
 mod error;
 mod log_bridge;
+/// `.dockerignore`-style path patterns, shared by the local source and the copy op.
+pub mod patterns;
 mod sdk;
 
 pub use abi::Capabilities;
