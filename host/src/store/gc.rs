@@ -1,0 +1,580 @@
+//! Disk usage (`kiln cache du`) and pruning (`kiln cache prune`).
+//!
+//! Prune never removes what a live owner uses: its staging and trash directories under
+//! `tmp/`, snapshots and blobs it leased, ingests it holds open. Everything is decided
+//! inside one SQLite write transaction, so that commits, leases and prune exclude each
+//! other; directories are only *renamed* into trash under that lock and deleted after it
+//! is released.
+//!
+//! What goes:
+//! - always: staging/trash directories of dead owners, unrecorded snapshot directories
+//!   (a crash between rename and record), records whose directory vanished, leases of
+//!   dead owners, unused lock files, snapshots that no cache result refers to and no
+//!   lease protects, ingests untouched for [`STALE_INGEST`];
+//! - with `keep_duration`: unleased snapshots not used for that long (with their cache
+//!   results), unleased blobs no snapshot refers to and not used for that long, and
+//!   ingests untouched for that long;
+//! - with `all`: every unleased snapshot, blob and ingest not currently open.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fmt;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::params;
+use serde::Serialize;
+
+use super::cache::release_tx;
+use super::error::{IoContext, StoreError};
+use super::fsutil;
+use super::lock::FileLock;
+use super::{Store, LEASE_BLOB, LEASE_SNAPSHOT};
+
+/// An ingest nobody touched for this long is removed by every prune.
+pub const STALE_INGEST: Duration = Duration::from_secs(24 * 3600);
+
+/// A `.new-` owner lock file older than this whose process is gone is removed.
+const STALE_NEW_OWNER: i64 = 60;
+
+/// How many items and how many bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Usage {
+    /// Number of items.
+    pub count: u64,
+    /// Apparent size in bytes.
+    pub bytes: u64,
+}
+
+impl Usage {
+    fn add(&mut self, bytes: u64) {
+        self.count += 1;
+        self.bytes += bytes;
+    }
+}
+
+/// What the store holds (`kiln cache du`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct DuReport {
+    /// The store root.
+    pub root: PathBuf,
+    /// Everything below, in bytes (database included).
+    pub total_bytes: u64,
+    /// Recorded snapshots.
+    pub snapshots: Usage,
+    /// Recorded snapshots currently leased by a live build.
+    pub snapshots_in_use: Usage,
+    /// Recorded snapshots no cache result refers to.
+    pub snapshots_unreferenced: Usage,
+    /// Verified blobs in the content store.
+    pub blobs: Usage,
+    /// Partial downloads (resumable ingests).
+    pub ingests: Usage,
+    /// Staging and trash directories of live builds.
+    pub staging_in_use: Usage,
+    /// Orphaned staging and trash directories left by dead builds.
+    pub staging_orphaned: Usage,
+    /// Snapshot directories without a record (a build died while committing).
+    pub snapshots_unrecorded: Usage,
+    /// Plugin state directories.
+    pub plugin_state: Usage,
+    /// Bytes of the SQLite database and its WAL.
+    pub database_bytes: u64,
+    /// What `kiln cache prune` (no flags) would free now, in bytes.
+    pub reclaimable_bytes: u64,
+    /// What `kiln cache prune --all` would free now, in bytes.
+    pub reclaimable_all_bytes: u64,
+}
+
+impl fmt::Display for DuReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let row = |f: &mut fmt::Formatter<'_>, name: &str, u: &Usage| {
+            writeln!(f, "{name:<24}{:>8}  {:>12}", u.count, human(u.bytes))
+        };
+        writeln!(f, "root: {}", self.root.display())?;
+        writeln!(f, "{:<24}{:>8}  {:>12}", "", "COUNT", "SIZE")?;
+        row(f, "snapshots", &self.snapshots)?;
+        row(f, "  in use", &self.snapshots_in_use)?;
+        row(f, "  unreferenced", &self.snapshots_unreferenced)?;
+        row(f, "blobs", &self.blobs)?;
+        row(f, "partial downloads", &self.ingests)?;
+        row(f, "staging in use", &self.staging_in_use)?;
+        row(f, "orphaned staging", &self.staging_orphaned)?;
+        row(f, "unrecorded snapshots", &self.snapshots_unrecorded)?;
+        row(f, "plugin state", &self.plugin_state)?;
+        writeln!(
+            f,
+            "{:<24}{:>8}  {:>12}",
+            "database",
+            "",
+            human(self.database_bytes)
+        )?;
+        writeln!(f, "total: {}", human(self.total_bytes))?;
+        writeln!(
+            f,
+            "reclaimable: {} (prune), {} (prune --all)",
+            human(self.reclaimable_bytes),
+            human(self.reclaimable_all_bytes)
+        )
+    }
+}
+
+/// Formats a byte count with a binary unit.
+fn human(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i + 1 < UNITS.len() {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", UNITS[i])
+    }
+}
+
+/// What to prune (`kiln cache prune [--all] [--keep-duration DUR]`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PruneOptions {
+    /// Remove every snapshot, blob and ingest that no live build uses.
+    pub all: bool,
+    /// Also remove what was not used for this long.
+    pub keep_duration: Option<Duration>,
+}
+
+/// What a prune removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct PruneReport {
+    /// Recorded snapshots removed (with their cache results).
+    pub snapshots: Usage,
+    /// Blobs removed.
+    pub blobs: Usage,
+    /// Partial downloads removed.
+    pub ingests: Usage,
+    /// Orphaned staging and trash directories removed.
+    pub staging: Usage,
+    /// Unrecorded snapshot directories removed.
+    pub unrecorded: Usage,
+    /// Records whose snapshot directory had vanished.
+    pub dangling_records: u64,
+    /// Leases of dead owners dropped.
+    pub dead_leases: u64,
+    /// Bytes freed in all.
+    pub freed_bytes: u64,
+}
+
+impl fmt::Display for PruneReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "removed {} snapshots ({})",
+            self.snapshots.count,
+            human(self.snapshots.bytes)
+        )?;
+        writeln!(
+            f,
+            "removed {} blobs ({})",
+            self.blobs.count,
+            human(self.blobs.bytes)
+        )?;
+        writeln!(
+            f,
+            "removed {} partial downloads ({})",
+            self.ingests.count,
+            human(self.ingests.bytes)
+        )?;
+        writeln!(
+            f,
+            "removed {} orphaned staging directories ({})",
+            self.staging.count,
+            human(self.staging.bytes)
+        )?;
+        writeln!(
+            f,
+            "removed {} unrecorded snapshot directories ({})",
+            self.unrecorded.count,
+            human(self.unrecorded.bytes)
+        )?;
+        writeln!(f, "total freed: {}", human(self.freed_bytes))
+    }
+}
+
+/// Whether owners are alive, probed once per owner.
+struct Owners<'a> {
+    dir: PathBuf,
+    me: &'a str,
+    known: HashMap<String, bool>,
+    /// Remove the lock files of dead owners while probing.
+    reap: bool,
+}
+
+impl<'a> Owners<'a> {
+    fn new(store: &'a Store, reap: bool) -> Self {
+        Owners {
+            dir: store.inner.root.join("locks/owners"),
+            me: &store.inner.owner,
+            known: HashMap::new(),
+            reap,
+        }
+    }
+
+    fn alive(&mut self, owner: &str) -> Result<bool, StoreError> {
+        if owner == self.me {
+            return Ok(true);
+        }
+        if let Some(&a) = self.known.get(owner) {
+            return Ok(a);
+        }
+        let alive = if owner.is_empty() || !owner.bytes().all(|b| b.is_ascii_hexdigit()) {
+            false
+        } else {
+            let path = self.dir.join(owner);
+            match FileLock::try_existing(&path)? {
+                Some(lock) => {
+                    if self.reap {
+                        lock.remove();
+                    }
+                    false
+                }
+                // Held by someone (alive) or missing (dead).
+                None => path.exists(),
+            }
+        };
+        self.known.insert(owner.to_string(), alive);
+        Ok(alive)
+    }
+}
+
+/// The owner part of a `tmp/` entry name (`<owner>.<kind>.<rand>`).
+fn tmp_owner(name: &str) -> &str {
+    name.split('.').next().unwrap_or("")
+}
+
+fn list_dir(dir: &Path) -> Result<Vec<(String, PathBuf, fs::Metadata)>, StoreError> {
+    let mut out = Vec::new();
+    let rd = match fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(StoreError::io("list directory", dir, e)),
+    };
+    for entry in rd {
+        let entry = entry.ctx("list directory", dir)?;
+        let path = entry.path();
+        let meta = match fs::symlink_metadata(&path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(StoreError::io("stat", &path, e)),
+        };
+        out.push((entry.file_name().to_string_lossy().into_owned(), path, meta));
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(out)
+}
+
+/// When an ingest was last written: its data file's mtime (appending does not touch
+/// the directory's), else the directory's.
+fn ingest_mtime(dir: &Path, dir_meta: &fs::Metadata) -> i64 {
+    match fs::metadata(dir.join("data")) {
+        Ok(m) => fsutil::mtime_secs(&m).max(fsutil::mtime_secs(dir_meta)),
+        Err(_) => fsutil::mtime_secs(dir_meta),
+    }
+}
+
+fn size_of(path: &Path) -> Result<u64, StoreError> {
+    Ok(fsutil::tree_size(path).ctx("measure", path)?.0)
+}
+
+impl Store {
+    /// Measures what the store holds. Read-only: it removes nothing.
+    pub fn du(&self) -> Result<DuReport, StoreError> {
+        let root = &self.inner.root;
+        let mut r = DuReport {
+            root: root.clone(),
+            ..Default::default()
+        };
+        let mut owners = Owners::new(self, false);
+
+        let (snaps, leased_snaps, referenced): (
+            Vec<(String, i64, i64)>,
+            BTreeSet<String>,
+            BTreeSet<String>,
+        ) = self.inner.read("measure snapshots", |c| {
+            let mut st = c.prepare("SELECT id, size, last_used FROM snapshots")?;
+            let snaps = st
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                .collect::<rusqlite::Result<_>>()?;
+            let mut st = c.prepare("SELECT DISTINCT owner, target FROM leases WHERE kind = ?1")?;
+            let leases: Vec<(String, String)> = st
+                .query_map(params![LEASE_SNAPSHOT], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<rusqlite::Result<_>>()?;
+            let mut st = c.prepare("SELECT DISTINCT snapshot_id FROM cache_results")?;
+            let referenced = st
+                .query_map([], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            Ok((
+                snaps,
+                leases
+                    .into_iter()
+                    .map(|l| format!("{}\0{}", l.0, l.1))
+                    .collect(),
+                referenced,
+            ))
+        })?;
+        let mut live_leased = BTreeSet::new();
+        for l in &leased_snaps {
+            let (owner, target) = l.split_once('\0').expect("joined above");
+            if owners.alive(owner)? {
+                live_leased.insert(target.to_string());
+            }
+        }
+        let recorded: BTreeSet<&str> = snaps.iter().map(|s| s.0.as_str()).collect();
+        for (id, size, _) in &snaps {
+            let size = *size as u64;
+            r.snapshots.add(size);
+            if live_leased.contains(id) {
+                r.snapshots_in_use.add(size);
+            } else {
+                r.reclaimable_all_bytes += size;
+                if !referenced.contains(id) {
+                    r.snapshots_unreferenced.add(size);
+                    r.reclaimable_bytes += size;
+                }
+            }
+        }
+        for (name, path, _) in list_dir(&root.join("snapshots"))? {
+            if !recorded.contains(name.as_str()) {
+                let b = size_of(&path)?;
+                r.snapshots_unrecorded.add(b);
+                r.reclaimable_bytes += b;
+                r.reclaimable_all_bytes += b;
+            }
+        }
+
+        let (leased_blobs, referenced_blobs): (BTreeSet<String>, BTreeSet<String>) =
+            self.inner.read("measure blobs", |c| {
+                let mut st = c.prepare("SELECT owner, target FROM leases WHERE kind = ?1")?;
+                let l: Vec<(String, String)> = st
+                    .query_map(params![LEASE_BLOB], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect::<rusqlite::Result<_>>()?;
+                let mut st = c.prepare("SELECT DISTINCT digest FROM snapshot_blobs")?;
+                let refd = st
+                    .query_map([], |r| r.get(0))?
+                    .collect::<rusqlite::Result<_>>()?;
+                Ok((
+                    l.into_iter().map(|(o, t)| format!("{o}\0{t}")).collect(),
+                    refd,
+                ))
+            })?;
+        let mut live_blobs = BTreeSet::new();
+        for l in &leased_blobs {
+            let (owner, target) = l.split_once('\0').expect("joined above");
+            if owners.alive(owner)? {
+                live_blobs.insert(target.to_string());
+            }
+        }
+        for (name, _, meta) in list_dir(&root.join("content/blobs/sha256"))? {
+            r.blobs.add(meta.len());
+            let digest = format!("sha256:{name}");
+            if !live_blobs.contains(&digest) && !referenced_blobs.contains(&digest) {
+                r.reclaimable_all_bytes += meta.len();
+            }
+        }
+        let now = fsutil::now_secs();
+        for (_, path, meta) in list_dir(&root.join("content/ingest"))? {
+            let b = size_of(&path)?;
+            r.ingests.add(b);
+            r.reclaimable_all_bytes += b;
+            if now - ingest_mtime(&path, &meta) > STALE_INGEST.as_secs() as i64 {
+                r.reclaimable_bytes += b;
+            }
+        }
+        for (name, path, _) in list_dir(&root.join("tmp"))? {
+            let b = size_of(&path)?;
+            if owners.alive(tmp_owner(&name))? {
+                r.staging_in_use.add(b);
+            } else {
+                r.staging_orphaned.add(b);
+                r.reclaimable_bytes += b;
+                r.reclaimable_all_bytes += b;
+            }
+        }
+        for (_, path, _) in list_dir(&root.join("plugins"))? {
+            r.plugin_state.add(size_of(&path)?);
+        }
+        for name in ["kiln.db", "kiln.db-wal", "kiln.db-shm"] {
+            if let Ok(m) = fs::metadata(root.join(name)) {
+                r.database_bytes += m.len();
+            }
+        }
+        r.total_bytes = r.snapshots.bytes
+            + r.snapshots_unrecorded.bytes
+            + r.blobs.bytes
+            + r.ingests.bytes
+            + r.staging_in_use.bytes
+            + r.staging_orphaned.bytes
+            + r.plugin_state.bytes
+            + r.database_bytes;
+        Ok(r)
+    }
+
+    /// Removes what no live build uses, as `opts` says (see the module docs).
+    pub fn prune(&self, opts: PruneOptions) -> Result<PruneReport, StoreError> {
+        let root = self.inner.root.clone();
+        let mut report = PruneReport::default();
+        let mut owners = Owners::new(self, true);
+        let now = fsutil::now_secs();
+        let keep = opts.keep_duration.map(|d| d.as_secs() as i64);
+        let expired = |last_used: i64| opts.all || keep.is_some_and(|k| now - last_used > k);
+
+        // Dead owners' `.new-` lock files (a process killed inside Store::open).
+        for (name, path, meta) in list_dir(&root.join("locks/owners"))? {
+            if name.starts_with(".new-") && now - fsutil::mtime_secs(&meta) > STALE_NEW_OWNER {
+                if let Some(lock) = FileLock::try_existing(&path)? {
+                    lock.remove();
+                }
+            }
+        }
+
+        let mut trash: Vec<PathBuf> = Vec::new();
+        let trash_dir = |store: &Store| store.tmp_path("trash");
+        self.inner.write_with("prune", |tx| {
+            let db = |source| self.inner.db_err("prune", source);
+            // 1. Leases of dead owners.
+            let lease_owners: Vec<String> = {
+                let mut st = tx.prepare("SELECT DISTINCT owner FROM leases").map_err(db)?;
+                let rows = st.query_map([], |r| r.get(0)).map_err(db)?;
+                rows.collect::<rusqlite::Result<_>>().map_err(db)?
+            };
+            for owner in lease_owners {
+                if !owners.alive(&owner)? {
+                    report.dead_leases +=
+                        tx.execute("DELETE FROM leases WHERE owner = ?1", params![owner]).map_err(db)? as u64;
+                }
+            }
+
+            // 2. Snapshot directories versus records.
+            let snaps: Vec<(String, i64, i64, bool, bool)> = {
+                let mut st = tx
+                    .prepare(
+                        "SELECT s.id, s.size, s.last_used,
+                            EXISTS (SELECT 1 FROM leases l WHERE l.kind = ?1 AND l.target = s.id),
+                            EXISTS (SELECT 1 FROM cache_results c WHERE c.snapshot_id = s.id)
+                         FROM snapshots s ORDER BY s.id",
+                    )
+                    .map_err(db)?;
+                let rows = st
+                    .query_map(params![LEASE_SNAPSHOT], |r| {
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+                    })
+                    .map_err(db)?;
+                rows.collect::<rusqlite::Result<_>>().map_err(db)?
+            };
+            let recorded: BTreeSet<&str> = snaps.iter().map(|s| s.0.as_str()).collect();
+            let snap_root = root.join("snapshots");
+            for (name, path, _) in list_dir(&snap_root)? {
+                if !recorded.contains(name.as_str()) {
+                    let b = size_of(&path)?;
+                    let t = trash_dir(self);
+                    fs::rename(&path, &t).ctx("move unrecorded snapshot to", &t)?;
+                    trash.push(t);
+                    report.unrecorded.add(b);
+                }
+            }
+            for (id, size, last_used, leased, referenced) in &snaps {
+                let path = snap_root.join(id);
+                let vanished = !path.is_dir();
+                let remove = vanished || (!leased && (!referenced || expired(*last_used)));
+                if !remove {
+                    continue;
+                }
+                release_tx(tx, id).map_err(db)?;
+                tx.execute("DELETE FROM leases WHERE kind = ?1 AND target = ?2", params![LEASE_SNAPSHOT, id])
+                    .map_err(db)?;
+                tx.execute("DELETE FROM snapshots WHERE id = ?1", params![id]).map_err(db)?;
+                if vanished {
+                    report.dangling_records += 1;
+                } else {
+                    let t = trash_dir(self);
+                    fs::rename(&path, &t).ctx("move snapshot to", &t)?;
+                    trash.push(t);
+                    report.snapshots.add(*size as u64);
+                }
+            }
+
+            // 3. Blobs no snapshot refers to and no live build leases.
+            let keep_blobs: BTreeSet<String> = {
+                let mut st = tx
+                    .prepare(
+                        "SELECT digest FROM snapshot_blobs UNION SELECT target FROM leases WHERE kind = ?1",
+                    )
+                    .map_err(db)?;
+                let rows = st.query_map(params![LEASE_BLOB], |r| r.get(0)).map_err(db)?;
+                rows.collect::<rusqlite::Result<_>>().map_err(db)?
+            };
+            if opts.all || keep.is_some() {
+                for (name, path, meta) in list_dir(&root.join("content/blobs/sha256"))? {
+                    let digest = format!("sha256:{name}");
+                    if keep_blobs.contains(&digest) || !expired(fsutil::mtime_secs(&meta)) {
+                        continue;
+                    }
+                    fs::remove_file(&path).ctx("remove blob", &path)?;
+                    tx.execute("DELETE FROM ingest_records WHERE digest = ?1", params![digest]).map_err(db)?;
+                    report.blobs.add(meta.len());
+                }
+            }
+            Ok(())
+        })?;
+
+        // 4. Staging and trash of dead owners (and our own trash, below).
+        for (name, path, _) in list_dir(&root.join("tmp"))? {
+            if owners.alive(tmp_owner(&name))? {
+                continue;
+            }
+            report.staging.add(size_of(&path)?);
+            fsutil::remove_tree(&path).ctx("remove orphaned staging directory", &path)?;
+        }
+        for t in &trash {
+            fsutil::remove_tree(t).ctx("remove", t)?;
+        }
+
+        // 5. Ingests nobody holds open.
+        let stale = keep
+            .unwrap_or(STALE_INGEST.as_secs() as i64)
+            .min(STALE_INGEST.as_secs() as i64);
+        for (name, path, meta) in list_dir(&root.join("content/ingest"))? {
+            let old = opts.all || now - ingest_mtime(&path, &meta) > stale;
+            if !old {
+                continue;
+            }
+            let lock_path = root.join("locks").join(format!("ingest-{name}"));
+            if let Some(lock) = FileLock::try_acquire(&lock_path)? {
+                report.ingests.add(size_of(&path)?);
+                fsutil::remove_tree(&path).ctx("remove partial download", &path)?;
+                lock.remove();
+            }
+        }
+
+        // 6. Lock files nobody holds (ingest locks only once their ingest is gone).
+        for (name, path, _) in list_dir(&root.join("locks"))? {
+            let removable = name.starts_with("key-")
+                || name
+                    .strip_prefix("ingest-")
+                    .is_some_and(|h| !root.join("content/ingest").join(h).exists());
+            if removable {
+                if let Some(lock) = FileLock::try_existing(&path)? {
+                    lock.remove();
+                }
+            }
+        }
+
+        report.freed_bytes = report.snapshots.bytes
+            + report.blobs.bytes
+            + report.ingests.bytes
+            + report.staging.bytes
+            + report.unrecorded.bytes;
+        Ok(report)
+    }
+}
