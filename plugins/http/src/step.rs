@@ -1,0 +1,407 @@
+//! One http source step: its cache key (resolving the URL at most once per build) and
+//! its snapshot (the stored blob copied into the staging directory with the file
+//! name, mode, owner and mtime rules).
+
+use std::collections::{HashMap, VecDeque};
+use std::fs::{File, FileTimes, OpenOptions};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use kiln_plugin_api::{CacheKey, Host, Job, PluginError, Result, Snapshot, SourceInstance};
+
+use crate::client::{self, etag_value};
+use crate::config::Config;
+use crate::fetch::{get_into_store, Ctx, GetOutcome, Semaphore};
+use crate::filename::file_name;
+use crate::gojson;
+use crate::ident::HttpIdentifier;
+use crate::index::{Entry, EtagIndex};
+
+/// Jobs whose resolutions are remembered.
+const MEMO_JOBS: usize = 32;
+
+/// What a URL resolved to within one build.
+#[derive(Clone, Debug)]
+pub struct Resolved {
+    /// `sha256:<hex>` of the content.
+    pub digest: String,
+    /// The effective file name.
+    pub filename: String,
+    /// `Last-Modified` as the server sent it.
+    pub last_modified: Option<String>,
+    /// The stored blob, when known.
+    pub blob: Option<PathBuf>,
+}
+
+type Slot = Arc<Mutex<Option<Arc<Resolved>>>>;
+
+/// Per-build memo of resolutions: job id → URL hash → result.
+#[derive(Default)]
+pub struct Memo {
+    jobs: Mutex<VecDeque<(String, HashMap<String, Slot>)>>,
+}
+
+impl Memo {
+    fn slot(&self, job: &str, url_hash: &str) -> Slot {
+        let mut jobs = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
+        let pos = match jobs.iter().position(|(j, _)| j == job) {
+            Some(p) => p,
+            None => {
+                if jobs.len() >= MEMO_JOBS {
+                    jobs.pop_front();
+                }
+                jobs.push_back((job.to_string(), HashMap::new()));
+                jobs.len() - 1
+            }
+        };
+        jobs[pos].1.entry(url_hash.to_string()).or_default().clone()
+    }
+}
+
+/// State shared by every step of the plugin.
+pub struct Shared {
+    /// Configuration.
+    pub cfg: Config,
+    /// HTTP agent (connection pool).
+    pub agent: ureq::Agent,
+    /// Host services.
+    pub host: Host,
+    /// The ETag index.
+    pub index: EtagIndex,
+    /// Download slots.
+    pub slots: Semaphore,
+    /// Per-build resolutions.
+    pub memo: Memo,
+}
+
+/// One `http(s)://` step.
+pub struct HttpStep {
+    shared: Arc<Shared>,
+    id: HttpIdentifier,
+    url_hash: String,
+}
+
+impl HttpStep {
+    /// A step for `id`.
+    pub fn new(shared: Arc<Shared>, id: HttpIdentifier) -> Self {
+        let url_hash = id.url_hash();
+        Self {
+            shared,
+            id,
+            url_hash,
+        }
+    }
+
+    fn ctx<'a, 'j>(&'a self, auth: Option<&'a str>, job: &'a Job<'j>) -> Ctx<'a, 'j> {
+        Ctx {
+            cfg: &self.shared.cfg,
+            agent: &self.shared.agent,
+            host: &self.shared.host,
+            id: &self.id,
+            auth,
+            job,
+            slots: &self.shared.slots,
+        }
+    }
+
+    fn name(&self, content_disposition: Option<&str>) -> String {
+        file_name(
+            self.id.filename.as_deref(),
+            content_disposition,
+            self.id.url.path(),
+        )
+    }
+
+    /// The resolution for this build: from the checksum attribute (no request), from
+    /// the memo, or from the network.
+    fn resolve(&self, job: &Job<'_>) -> Result<Arc<Resolved>> {
+        if let Some(c) = &self.id.checksum {
+            return Ok(Arc::new(Resolved {
+                digest: c.clone(),
+                filename: self.name(None),
+                last_modified: None,
+                blob: None,
+            }));
+        }
+        let slot = self.shared.memo.slot(&job.id(), &self.url_hash);
+        let mut guard = slot.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(r) = guard.as_ref() {
+            return Ok(r.clone());
+        }
+        let r = Arc::new(self.resolve_network(job)?);
+        *guard = Some(r.clone());
+        Ok(r)
+    }
+
+    fn resolve_network(&self, job: &Job<'_>) -> Result<Resolved> {
+        let s = &self.shared;
+        let id = &self.id;
+        let auth = client::authorization(id, job)?;
+        let _lock = s.index.lock(&self.url_hash, job)?;
+        let candidates: Vec<(Entry, PathBuf)> = s
+            .index
+            .load(&self.url_hash)
+            .into_iter()
+            .filter_map(|e| s.host.blob_path(&e.digest).map(|p| (e, p)))
+            .collect();
+        let inm = candidates
+            .iter()
+            .map(|(e, _)| e.etag.as_str())
+            .collect::<Vec<_>>()
+            .join(", ");
+        let only = (candidates.len() == 1).then(|| candidates[0].0.etag.clone());
+        let reuse = |etag: Option<String>, cd: Option<&str>| -> Option<Resolved> {
+            let etag = etag.or_else(|| only.clone())?;
+            let (e, p) = candidates.iter().find(|(e, _)| e.etag == etag)?;
+            Some(Resolved {
+                digest: e.digest.clone(),
+                filename: self.name(cd),
+                last_modified: e.last_modified.clone(),
+                blob: Some(p.clone()),
+            })
+        };
+        if !candidates.is_empty() {
+            match client::send(
+                &s.agent,
+                id,
+                auth.as_deref(),
+                "HEAD",
+                &[("If-None-Match", &inm), ("Accept-Encoding", "gzip")],
+            ) {
+                Ok(resp) if resp.status() == 200 || resp.status() == 304 => {
+                    let etag = resp
+                        .header("ETag")
+                        .map(|v| etag_value(&v))
+                        .filter(|v| !v.is_empty());
+                    let etag = if etag.is_none() && resp.status() == 200 {
+                        Some(String::new())
+                    } else {
+                        etag
+                    };
+                    if let Some(r) = reuse(etag, resp.header("Content-Disposition").as_deref()) {
+                        tracing::debug!("{id}: not modified; reusing {}", r.digest);
+                        return Ok(r);
+                    }
+                }
+                Ok(resp) => {
+                    tracing::debug!("{id}: HEAD answered {}; falling back to GET", resp.status())
+                }
+                Err(e) => tracing::debug!("{id}: HEAD failed ({e}); falling back to GET"),
+            }
+        }
+        let ctx = self.ctx(auth.as_deref(), job);
+        let fetched = match get_into_store(&ctx, (!inm.is_empty()).then_some(inm.as_str()), None)? {
+            GetOutcome::Fetched(f) => f,
+            GetOutcome::NotModified {
+                etag,
+                content_disposition,
+            } => {
+                if let Some(r) = reuse(etag, content_disposition.as_deref()) {
+                    return Ok(r);
+                }
+                tracing::warn!("{id}: the server answered 304 with an ETag it did not send before; downloading again");
+                match get_into_store(&ctx, None, None)? {
+                    GetOutcome::Fetched(f) => f,
+                    GetOutcome::NotModified { .. } => {
+                        return Err(PluginError::internal(format!(
+                            "{id}: the server answered 304 to an unconditional GET"
+                        )))
+                    }
+                }
+            }
+        };
+        if let Some(etag) = &fetched.etag {
+            let entry = Entry {
+                etag: etag.clone(),
+                digest: fetched.digest.clone(),
+                last_modified: fetched.last_modified.clone(),
+            };
+            if let Err(e) = s.index.add(&self.url_hash, entry) {
+                tracing::warn!("{id}: could not record the ETag: {e}");
+            }
+        }
+        Ok(Resolved {
+            digest: fetched.digest,
+            filename: self.name(fetched.content_disposition.as_deref()),
+            last_modified: fetched.last_modified,
+            blob: Some(fetched.path),
+        })
+    }
+
+    /// The stored blob for `r`, downloading (and verifying against `r.digest`) when
+    /// the store does not have it. Also returns the `Last-Modified` to use.
+    fn blob_for(&self, r: &Resolved, job: &Job<'_>) -> Result<(PathBuf, Option<String>)> {
+        let s = &self.shared;
+        if let Some(p) = r
+            .blob
+            .as_ref()
+            .filter(|p| p.exists())
+            .cloned()
+            .or_else(|| s.host.blob_path(&r.digest))
+        {
+            return Ok((p, r.last_modified.clone()));
+        }
+        let auth = client::authorization(&self.id, job)?;
+        let _lock = s.index.lock(&self.url_hash, job)?;
+        // Another process may have fetched it while this one waited for the lock.
+        if let Some(p) = s.host.blob_path(&r.digest) {
+            return Ok((p, r.last_modified.clone()));
+        }
+        match get_into_store(&self.ctx(auth.as_deref(), job), None, Some(&r.digest))? {
+            GetOutcome::Fetched(f) => {
+                if let Some(etag) = &f.etag {
+                    let entry = Entry {
+                        etag: etag.clone(),
+                        digest: f.digest.clone(),
+                        last_modified: f.last_modified.clone(),
+                    };
+                    if let Err(e) = s.index.add(&self.url_hash, entry) {
+                        tracing::warn!("{}: could not record the ETag: {e}", self.id);
+                    }
+                }
+                Ok((f.path, r.last_modified.clone().or(f.last_modified)))
+            }
+            GetOutcome::NotModified { .. } => Err(PluginError::internal(format!(
+                "{}: the server answered 304 to an unconditional GET",
+                self.id
+            ))),
+        }
+    }
+
+    fn last_modified_for_checksum(&self, digest: &str) -> Option<String> {
+        self.shared
+            .index
+            .load(&self.url_hash)
+            .into_iter()
+            .find(|e| e.digest == digest)
+            .and_then(|e| e.last_modified)
+    }
+}
+
+/// `Last-Modified` → the key's `LastModTime` (Go's `http.TimeFormat`), if it parses.
+pub fn key_time(last_modified: Option<&str>) -> Option<String> {
+    let t = httpdate::parse_http_date(last_modified?.trim()).ok()?;
+    Some(httpdate::fmt_http_date(t))
+}
+
+fn mtime(last_modified: Option<&str>) -> SystemTime {
+    last_modified
+        .and_then(|v| httpdate::parse_http_date(v.trim()).ok())
+        .unwrap_or(UNIX_EPOCH + Duration::ZERO)
+}
+
+/// Copies `blob` to `dest/name` with `mode`, owner and mtime (in-kernel copy).
+pub fn write_file(
+    blob: &Path,
+    dest: &Path,
+    name: &str,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    mtime: SystemTime,
+) -> Result<()> {
+    let target = dest.join(name);
+    let ctx = |what: &str, e: std::io::Error| {
+        PluginError::internal(format!("{what} {}: {e}", target.display()))
+    };
+    let mut src = File::open(blob)
+        .map_err(|e| PluginError::internal(format!("opening blob {}: {e}", blob.display())))?;
+    let mut out = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&target)
+        .map_err(|e| ctx("creating", e))?;
+    std::io::copy(&mut src, &mut out).map_err(|e| ctx("writing", e))?;
+    out.set_permissions(std::fs::Permissions::from_mode(mode))
+        .map_err(|e| ctx("chmod", e))?;
+    if uid != 0 || gid != 0 {
+        std::os::unix::fs::fchown(&out, Some(uid), Some(gid))
+            .map_err(|e| ctx(&format!("chown {uid}:{gid}"), e))?;
+    }
+    out.set_times(FileTimes::new().set_accessed(mtime).set_modified(mtime))
+        .map_err(|e| ctx("setting mtime of", e))?;
+    Ok(())
+}
+
+impl SourceInstance for HttpStep {
+    fn cache_key(&self, _index: u32, job: &Job<'_>) -> Result<CacheKey> {
+        let r = self.resolve(job)?;
+        let lm = key_time(r.last_modified.as_deref());
+        let key = gojson::cache_key(&r.filename, &r.digest, lm.as_deref(), &self.id.key_attrs());
+        Ok(CacheKey {
+            key,
+            pin: r.digest.clone(),
+            done: true,
+            opts: vec![],
+        })
+    }
+
+    fn snapshot(&self, dest: &Path, job: &Job<'_>) -> Result<Snapshot> {
+        let r = self.resolve(job)?;
+        let (blob, lm) = self.blob_for(&r, job)?;
+        let lm = if self.id.checksum.is_some() {
+            lm.or_else(|| self.last_modified_for_checksum(&r.digest))
+        } else {
+            lm
+        };
+        write_file(
+            &blob,
+            dest,
+            &r.filename,
+            self.id.file_mode(),
+            self.id.uid as u32,
+            self.id.gid as u32,
+            mtime(lm.as_deref()),
+        )
+        .map_err(|e| e.context(&self.id))?;
+        Ok(Snapshot {
+            metadata: vec![
+                ("http.url".into(), self.id.shown.clone()),
+                ("http.digest".into(), r.digest.clone()),
+                ("http.filename".into(), r.filename.clone()),
+            ],
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn key_time_formats_like_go() {
+        assert_eq!(
+            key_time(Some("Sun, 06 Nov 1994 08:49:37 GMT")).as_deref(),
+            Some("Sun, 06 Nov 1994 08:49:37 GMT")
+        );
+        assert_eq!(
+            key_time(Some("Sunday, 06-Nov-94 08:49:37 GMT")).as_deref(),
+            Some("Sun, 06 Nov 1994 08:49:37 GMT")
+        );
+        assert_eq!(key_time(Some("garbage")), None);
+        assert_eq!(key_time(None), None);
+    }
+
+    #[test]
+    fn writes_file_with_mode_and_mtime() {
+        let dir = tempfile::tempdir().unwrap();
+        let blob = dir.path().join("blob");
+        std::fs::write(&blob, b"content1").unwrap();
+        let dest = dir.path().join("stage");
+        std::fs::create_dir(&dest).unwrap();
+        let t = mtime(Some("Sun, 06 Nov 1994 08:49:37 GMT"));
+        write_file(&blob, &dest, "foo", 0o640, 0, 0, t).unwrap();
+        let md = std::fs::metadata(dest.join("foo")).unwrap();
+        assert_eq!(md.mode() & 0o7777, 0o640);
+        assert_eq!(md.mtime(), 784111777);
+        assert_eq!(std::fs::read(dest.join("foo")).unwrap(), b"content1");
+        assert_eq!(mtime(None), UNIX_EPOCH);
+        // never overwrites or follows what is there
+        assert!(write_file(&blob, &dest, "foo", 0o600, 0, 0, t).is_err());
+    }
+}
