@@ -253,6 +253,20 @@ impl ContentHasher {
         Ok(t)
     }
 
+    /// Records the tree hash of snapshot `id`, computed before it was committed (or of
+    /// an identical tree).
+    pub fn insert(&self, id: &str, tree: Arc<TreeHash>) {
+        let slot = self
+            .trees
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(id.to_string())
+            .or_default()
+            .clone();
+        let mut guard = slot.lock().unwrap_or_else(|e| e.into_inner());
+        guard.get_or_insert(tree);
+    }
+
     /// How many trees are memoised.
     pub fn cached(&self) -> usize {
         self.trees

@@ -1,1 +1,384 @@
-//! (being written)
+//! The solver: runs a build definition against the store, the SourceManager and the
+//! worker, BuildKit-style (buildkit-sources.md §4).
+//!
+//! - Every step becomes a vertex whose digest comes from its canonical op definition
+//!   and its inputs' digests ([`crate::build::op`]). Identical vertices in one build,
+//!   and in concurrent builds of one process, are one node: its cache keys, snapshot,
+//!   content hashes and execution happen once (BuildKit's `sharedOp`).
+//! - Cache keys follow [`keys`]: sources use their plugin's multi-index keys (a later
+//!   index only on a miss, the result saved under every index's key); ops use a
+//!   definition key and, when they read inputs by path, a content key over the
+//!   checksums of the selected paths ([`crate::contenthash`]).
+//! - Independent steps run concurrently (one tokio task per vertex).
+//! - `--no-cache` looks nothing up and runs every step, saving the results.
+//!
+//! The entry point is [`run_build`].
+
+mod exec;
+mod graph;
+pub mod keys;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+
+use crate::app::AppContext;
+use crate::build::{Definition, DefinitionError, Step};
+use crate::contenthash::ContentHasher;
+use crate::export::{ExportOptions, OutputSpec};
+use crate::job::Job;
+use crate::progress::{Progress, ProgressMode, StepEvent};
+
+/// What `kiln build` asks for (DESIGN §4).
+#[derive(Debug, Default)]
+pub struct BuildOptions {
+    /// The definition file.
+    pub file: PathBuf,
+    /// `--local NAME=DIR`; a `local://NAME` without one uses the definition's folder.
+    pub locals: HashMap<String, PathBuf>,
+    /// `--secret` values by id. Never logged.
+    pub secrets: HashMap<String, Vec<u8>>,
+    /// `--output` specs, parsed.
+    pub outputs: Vec<OutputSpec>,
+    /// `--no-cache`.
+    pub no_cache: bool,
+    /// `--metadata-file`.
+    pub metadata_file: Option<PathBuf>,
+    /// `--platform`: the default platform of sources that take one.
+    pub platform: Option<String>,
+    /// `--progress`.
+    pub progress: ProgressMode,
+}
+
+/// One source of the build, as `--metadata-file` records it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct SourceRecord {
+    /// The step name.
+    pub step: String,
+    /// The canonical identifier (credentials redacted by the plugin).
+    pub identifier: String,
+    /// The pin; absent for session sources such as `local://`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pin: Option<String>,
+}
+
+/// What a successful build did.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct BuildSummary {
+    /// The exported step.
+    pub output_step: String,
+    /// The snapshot id of its result.
+    pub snapshot: String,
+    /// The result's directory in the store.
+    pub path: PathBuf,
+    /// Steps the output needed.
+    pub steps: usize,
+    /// Steps whose result came from the cache.
+    pub cached: usize,
+    /// Vertices this build executed.
+    pub executed: usize,
+    /// Every source's identifier and pin.
+    pub sources: Vec<SourceRecord>,
+    /// The digest of each `--output` (`None` for `type=local`), in order.
+    pub exported: Vec<Option<String>>,
+}
+
+/// Why a build did not succeed.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// The definition is wrong (exit code 2).
+    #[error(transparent)]
+    Definition(#[from] DefinitionError),
+    /// A step's source identifier or attributes are wrong, or a flag is (exit code 2).
+    #[error("{0}")]
+    Usage(String),
+    /// A step failed (exit code 1).
+    #[error("step `{step}` failed: {message}")]
+    Step {
+        /// The step.
+        step: String,
+        /// The cause.
+        message: String,
+    },
+    /// Something outside the steps failed: the store, an export (exit code 1).
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl BuildError {
+    /// The process exit code (DESIGN §4): 2 for usage and definition errors, else 1.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            BuildError::Definition(_) | BuildError::Usage(_) => 2,
+            BuildError::Step { .. } | BuildError::Failed(_) => 1,
+        }
+    }
+}
+
+/// Runs the build `opts` describes: parse, solve, export, write metadata.
+pub async fn run_build(ctx: &AppContext, opts: BuildOptions) -> Result<BuildSummary, BuildError> {
+    let def = Definition::load(&opts.file)?;
+    let store = ctx.store().map_err(BuildError::Failed)?;
+
+    let locals = resolve_locals(&def, &opts.locals)?;
+    let progress = Arc::new(Progress::stderr(opts.progress));
+    let job =
+        Arc::new(Job::new(opts.secrets.clone(), locals.clone()).with_progress(progress.clone()));
+
+    let scope = sharing_scope(&ctx.root, &locals, opts.no_cache);
+    let graph = graph::build_graph(&def, &ctx.sources, opts.platform.as_deref(), &scope)
+        .await
+        .map_err(|e| {
+            let msg = format!("step `{}`: {}", e.step, e.error.message);
+            if e.error.is_usage() {
+                BuildError::Usage(msg)
+            } else {
+                BuildError::Failed(msg)
+            }
+        })?;
+
+    let ectx = Arc::new(exec::Ctx {
+        store: store.clone(),
+        sources: ctx.sources.clone(),
+        job: job.clone(),
+        progress: progress.clone(),
+        hasher: hasher_for(&ctx.root),
+        no_cache: opts.no_cache,
+        executed: AtomicUsize::new(0),
+    });
+
+    // One task per step; shared nodes make each vertex run once.
+    let tasks: Vec<_> = graph
+        .steps
+        .iter()
+        .map(|(name, node)| {
+            let (name, node, ectx, progress) =
+                (name.clone(), node.clone(), ectx.clone(), progress.clone());
+            tokio::spawn(async move {
+                let out = exec::solve(node, ectx).await;
+                if let Ok(r) = &out {
+                    progress.step(
+                        &name,
+                        if r.cached {
+                            StepEvent::Cached
+                        } else {
+                            StepEvent::Done
+                        },
+                    );
+                }
+                (name, out)
+            })
+        })
+        .collect();
+    let mut results = BTreeMap::new();
+    let mut failure: Option<BuildError> = None;
+    for t in tasks {
+        match t.await {
+            Ok((name, Ok(r))) => {
+                results.insert(name, r);
+            }
+            Ok((_, Err(f))) => {
+                job.cancel.store(true, Ordering::Relaxed);
+                failure.get_or_insert(BuildError::Step {
+                    step: f.step.clone(),
+                    message: f.message.clone(),
+                });
+            }
+            Err(e) => {
+                job.cancel.store(true, Ordering::Relaxed);
+                failure.get_or_insert(BuildError::Failed(format!(
+                    "internal error: a step task failed: {e}"
+                )));
+            }
+        }
+    }
+    if let Some(f) = failure {
+        progress.finish();
+        return Err(f);
+    }
+
+    let out = results.get(&def.output).cloned().ok_or_else(|| {
+        BuildError::Failed(format!(
+            "internal error: no result for step `{}`",
+            def.output
+        ))
+    })?;
+
+    let sources: Vec<SourceRecord> = results
+        .iter()
+        .filter_map(|(step, r)| {
+            r.source.as_ref().map(|(identifier, pin)| SourceRecord {
+                step: step.clone(),
+                identifier: identifier.clone(),
+                pin: pin.clone(),
+            })
+        })
+        .collect();
+
+    let exported = export_all(&opts, &def, &graph, &results, &store, &job).await?;
+    progress.finish();
+
+    let summary = BuildSummary {
+        output_step: def.output.clone(),
+        snapshot: out.snapshot.to_string(),
+        path: out.path.clone(),
+        steps: results.len(),
+        cached: results.values().filter(|r| r.cached).count(),
+        executed: ectx.executed.load(Ordering::Relaxed),
+        sources,
+        exported,
+    };
+    if let Some(path) = &opts.metadata_file {
+        write_metadata(path, &summary)?;
+    }
+    Ok(summary)
+}
+
+/// `local://NAME` sources without a `--local` mapping read the definition's folder
+/// (DESIGN §5). An explicit mapping must name an existing directory.
+fn resolve_locals(
+    def: &Definition,
+    given: &HashMap<String, PathBuf>,
+) -> Result<HashMap<String, PathBuf>, BuildError> {
+    let mut locals = HashMap::new();
+    for (name, dir) in given {
+        let abs = std::fs::canonicalize(dir)
+            .map_err(|e| BuildError::Usage(format!("--local {name}={}: {e}", dir.display())))?;
+        if !abs.is_dir() {
+            return Err(BuildError::Usage(format!(
+                "--local {name}={}: not a directory",
+                dir.display()
+            )));
+        }
+        locals.insert(name.clone(), abs);
+    }
+    for step in def.steps.values() {
+        if let Step::Source(s) = step {
+            if let Some(rest) = s.identifier.strip_prefix("local://") {
+                let name = rest.split(['?', '#']).next().unwrap_or(rest);
+                locals
+                    .entry(name.to_string())
+                    .or_insert_with(|| def.dir.clone());
+            }
+        }
+    }
+    Ok(locals)
+}
+
+/// What separates vertices that must not be shared between concurrent builds of this
+/// process: the root, the local directories and `--no-cache`.
+fn sharing_scope(
+    root: &std::path::Path,
+    locals: &HashMap<String, PathBuf>,
+    no_cache: bool,
+) -> String {
+    let mut h = Sha256::new();
+    h.update(root.as_os_str().as_encoded_bytes());
+    let sorted: BTreeMap<&String, &PathBuf> = locals.iter().collect();
+    for (k, v) in sorted {
+        h.update(b"\0");
+        h.update(k.as_bytes());
+        h.update(b"=");
+        h.update(v.as_os_str().as_encoded_bytes());
+    }
+    h.update([u8::from(no_cache)]);
+    hex::encode(h.finalize())
+}
+
+/// One content-hash memo per root, for the life of the process.
+fn hasher_for(root: &std::path::Path) -> Arc<ContentHasher> {
+    use std::sync::{Mutex, OnceLock};
+    static H: OnceLock<Mutex<HashMap<PathBuf, Arc<ContentHasher>>>> = OnceLock::new();
+    H.get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .entry(root.to_path_buf())
+        .or_default()
+        .clone()
+}
+
+/// The snapshot metadata key under which an image source records its config JSON.
+const IMAGE_CONFIG_META: &str = "image.config";
+
+async fn export_all(
+    opts: &BuildOptions,
+    def: &Definition,
+    graph: &graph::Graph,
+    results: &BTreeMap<String, Arc<graph::NodeResult>>,
+    store: &Arc<crate::store::Store>,
+    job: &Arc<Job>,
+) -> Result<Vec<Option<String>>, BuildError> {
+    if opts.outputs.is_empty() {
+        return Ok(vec![]);
+    }
+    let out = results[&def.output].clone();
+    // The image config carries over from the source the output's base chain starts at.
+    let base_source = base_chain_source(def, &def.output);
+    let base_config = match base_source.and_then(|s| results.get(s)) {
+        Some(r) => {
+            let (store, id) = (store.clone(), r.snapshot.clone());
+            tokio::task::spawn_blocking(move || store.snapshot_metadata(&id))
+                .await
+                .map_err(|e| BuildError::Failed(e.to_string()))?
+                .map_err(|e| BuildError::Failed(e.to_string()))?
+                .remove(IMAGE_CONFIG_META)
+        }
+        None => None,
+    };
+    let _ = graph;
+    let specs = opts.outputs.clone();
+    let platform = opts.platform.clone();
+    let cancel = job.cancel.clone();
+    tokio::task::spawn_blocking(move || {
+        let eo = ExportOptions {
+            platform: platform.as_deref(),
+            base_config: base_config.as_deref().map(str::as_bytes),
+            cancel: Some(&cancel),
+        };
+        specs
+            .iter()
+            .map(|s| {
+                crate::export::export(&out.path, s, &eo)
+                    .map(|e| e.digest)
+                    .map_err(|e| BuildError::Failed(e.to_string()))
+            })
+            .collect()
+    })
+    .await
+    .map_err(|e| BuildError::Failed(e.to_string()))?
+}
+
+/// Follows `base` (file steps) and the bottom layer (merges) down to a source step.
+fn base_chain_source<'a>(def: &'a Definition, mut step: &'a str) -> Option<&'a str> {
+    for _ in 0..def.steps.len() + 1 {
+        match def.steps.get(step)? {
+            Step::Source(_) => return Some(step),
+            Step::File(f) => step = f.base.as_deref()?,
+            Step::Merge(m) => step = m.inputs.first()?,
+        }
+    }
+    None
+}
+
+fn write_metadata(path: &std::path::Path, s: &BuildSummary) -> Result<(), BuildError> {
+    let digest = s.exported.iter().flatten().next().cloned();
+    let v = serde_json::json!({
+        "sources": s.sources,
+        "output": { "step": s.output_step, "snapshot": s.snapshot },
+        "exported": s.exported,
+        "containerimage.digest": digest,
+    });
+    let text = serde_json::to_string_pretty(&v).expect("JSON encodes");
+    let tmp = path.with_extension("tmp~");
+    std::fs::write(&tmp, text + "\n")
+        .and_then(|_| std::fs::rename(&tmp, path))
+        .map_err(|e| {
+            BuildError::Failed(format!(
+                "cannot write --metadata-file {}: {e}",
+                path.display()
+            ))
+        })
+}

@@ -1,0 +1,492 @@
+//! Solving one vertex: the cache protocol and, on a miss, the execution.
+//!
+//! Every vertex runs at most once per process at a time ([`solve`] memoises its outcome
+//! in the node, and concurrent callers wait for it). Across processes, a per-key file
+//! lock makes the first one build and the others find its result.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use crate::build::op::OpDef;
+use crate::build::Action;
+use crate::contenthash::{ContentHasher, TreeHash};
+use crate::job::Job;
+use crate::progress::{Progress, StepEvent};
+use crate::source_manager::{SourceManager, SourceOp};
+use crate::store::{root_key, KeyLock, SnapshotId, SnapshotMeta, Staging, Store};
+
+use super::graph::{Failure, Node, NodeKind, NodeResult, Outcome};
+use super::keys::{content_key, is_random, op_digest, op_key, selector_digest, Dep};
+
+/// The kv namespace mapping a lookup key to the key dependents build on.
+const KEY_NS: &str = "solver.effective-key";
+/// Snapshot metadata key prefix for memoised selection checksums.
+const HASH_META: &str = "kiln.contenthash.v1";
+
+/// What solving needs; one per build (a shared vertex uses its first caller's).
+pub(crate) struct Ctx {
+    pub store: Arc<Store>,
+    pub sources: Arc<SourceManager>,
+    pub job: Arc<Job>,
+    pub progress: Arc<Progress>,
+    pub hasher: Arc<ContentHasher>,
+    pub no_cache: bool,
+    /// Vertices executed (not loaded from the cache) by this build.
+    pub executed: AtomicUsize,
+}
+
+type Res<T> = Result<T, String>;
+
+/// Solves `node` (and, concurrently, its inputs) once.
+pub(crate) fn solve(
+    node: Arc<Node>,
+    ctx: Arc<Ctx>,
+) -> Pin<Box<dyn Future<Output = Outcome> + Send>> {
+    Box::pin(async move {
+        node.outcome
+            .get_or_init(|| async {
+                let handles: Vec<_> = node
+                    .inputs
+                    .iter()
+                    .map(|i| tokio::spawn(solve(i.clone(), ctx.clone())))
+                    .collect();
+                let mut inputs = Vec::with_capacity(handles.len());
+                for h in handles {
+                    match h.await {
+                        Ok(Ok(r)) => inputs.push(r),
+                        Ok(Err(f)) => return Err(f),
+                        Err(e) => {
+                            return Err(Arc::new(Failure {
+                                step: node.name.clone(),
+                                message: format!("an input did not finish: {e}"),
+                            }))
+                        }
+                    }
+                }
+                if ctx.job.is_cancelled() {
+                    return Err(Arc::new(Failure {
+                        step: node.name.clone(),
+                        message: "cancelled".into(),
+                    }));
+                }
+                match run(&node, &ctx, &inputs).await {
+                    Ok(r) => Ok(Arc::new(r)),
+                    Err(message) => {
+                        ctx.progress
+                            .step(&node.name, StepEvent::Error(message.clone()));
+                        Err(Arc::new(Failure {
+                            step: node.name.clone(),
+                            message,
+                        }))
+                    }
+                }
+            })
+            .await
+            .clone()
+    })
+}
+
+async fn run(node: &Node, ctx: &Arc<Ctx>, inputs: &[Arc<NodeResult>]) -> Res<NodeResult> {
+    match &node.kind {
+        NodeKind::Source { id } => {
+            let op = ctx.sources.resolve(id).await.map_err(|e| e.message)?;
+            source(node, ctx, op).await
+        }
+        NodeKind::File { def, step } => {
+            operation(
+                node,
+                ctx,
+                def,
+                inputs,
+                Exec::File(&step.actions, step.base.is_some()),
+            )
+            .await
+        }
+        NodeKind::Merge { def } => operation(node, ctx, def, inputs, Exec::Merge).await,
+    }
+}
+
+/// Runs a blocking closure on the blocking pool.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Res<T> + Send + 'static) -> Res<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| format!("internal error: a blocking task did not finish: {e}"))?
+}
+
+struct Hit {
+    snapshot: SnapshotId,
+    path: PathBuf,
+    effective: String,
+}
+
+/// Looks `key` up (leasing the result) and finds the key dependents use.
+async fn lookup(store: &Arc<Store>, key: &str) -> Res<Option<Hit>> {
+    let (store, key) = (store.clone(), key.to_string());
+    blocking(move || {
+        let Some(r) = store.load_result(&key).map_err(|e| e.to_string())? else {
+            return Ok(None);
+        };
+        let Some(path) = store
+            .snapshot_path(&r.snapshot)
+            .map_err(|e| e.to_string())?
+        else {
+            return Ok(None);
+        };
+        let effective = store
+            .meta_get(KEY_NS, &key)
+            .map_err(|e| e.to_string())?
+            .unwrap_or(key);
+        Ok(Some(Hit {
+            snapshot: r.snapshot,
+            path,
+            effective,
+        }))
+    })
+    .await
+}
+
+/// Saves `snapshot` under every key in `keys` and records `effective` for each.
+async fn save(
+    store: &Arc<Store>,
+    keys: Vec<String>,
+    snapshot: &SnapshotId,
+    effective: &str,
+) -> Res<()> {
+    let (store, snapshot, effective) = (store.clone(), snapshot.clone(), effective.to_string());
+    blocking(move || {
+        for k in &keys {
+            store.save_result(k, &snapshot).map_err(|e| e.to_string())?;
+            if *k != effective {
+                store
+                    .meta_set(KEY_NS, k, &effective)
+                    .map_err(|e| e.to_string())?;
+            }
+        }
+        Ok(())
+    })
+    .await
+}
+
+async fn lock(ctx: &Ctx, key: &str) -> Res<KeyLock> {
+    let (store, key, cancel) = (ctx.store.clone(), key.to_string(), ctx.job.cancel.clone());
+    blocking(move || {
+        store
+            .lock_key_cancellable(&key, &cancel)
+            .map_err(|e| e.to_string())
+    })
+    .await
+}
+
+async fn stage(store: &Arc<Store>) -> Res<Staging> {
+    let store = store.clone();
+    blocking(move || store.stage().map_err(|e| e.to_string())).await
+}
+
+async fn commit(
+    store: &Arc<Store>,
+    staging: Staging,
+    meta: SnapshotMeta,
+) -> Res<(SnapshotId, PathBuf)> {
+    let store = store.clone();
+    blocking(move || {
+        let id = store.commit(staging, meta).map_err(|e| e.to_string())?;
+        let path = store
+            .snapshot_path(&id)
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("snapshot {id} vanished right after its commit"))?;
+        Ok((id, path))
+    })
+    .await
+}
+
+fn cached(hit: Hit, source: Option<(String, Option<String>)>) -> NodeResult {
+    NodeResult {
+        key: hit.effective,
+        snapshot: hit.snapshot,
+        path: hit.path,
+        cached: true,
+        source,
+    }
+}
+
+/// A source vertex: the multi-index protocol, then the snapshot.
+async fn source(node: &Node, ctx: &Arc<Ctx>, op: SourceOp) -> Res<NodeResult> {
+    let step = node.name.as_str();
+    let identifier = op.identifier().canonical.clone();
+    let mut keys: Vec<String> = Vec::new();
+    let mut session = false;
+    for index in 0..16u32 {
+        let cm = op
+            .cache_map(index, &ctx.job, step)
+            .await
+            .map_err(|e| e.message)?;
+        if is_random(&cm.digest) {
+            session = true;
+        } else {
+            let key = root_key(&cm.digest, 0);
+            // BuildKit's rule: a later index is computed only on a miss of this one.
+            if !ctx.no_cache {
+                if let Some(hit) = lookup(&ctx.store, &key).await? {
+                    if !keys.is_empty() {
+                        let mut all = keys.clone();
+                        all.push(key);
+                        save(&ctx.store, all, &hit.snapshot, &hit.effective).await?;
+                    }
+                    return Ok(cached(hit, Some((identifier, op.pin()))));
+                }
+            }
+            keys.push(key);
+        }
+        if cm.done {
+            break;
+        }
+        if index == 15 {
+            return Err("the source plugin never answered done=true".into());
+        }
+    }
+
+    if session || keys.is_empty() {
+        return session_source(node, ctx, &op, identifier).await;
+    }
+
+    // The strongest key is the lock and the key dependents build on.
+    let strongest = keys.last().cloned().expect("non-empty");
+    let _lock = lock(ctx, &strongest).await?;
+    if !ctx.no_cache {
+        if let Some(hit) = lookup(&ctx.store, &strongest).await? {
+            save(&ctx.store, keys, &hit.snapshot, &hit.effective).await?;
+            return Ok(cached(hit, Some((identifier, op.pin()))));
+        }
+    }
+    ctx.progress.step(step, StepEvent::Start);
+    let staging = stage(&ctx.store).await?;
+    let metadata = op
+        .snapshot(staging.path(), &ctx.job, step)
+        .await
+        .map_err(|e| e.message)?;
+    let pin = op.pin();
+    let mut meta = SnapshotMeta {
+        description: identifier.clone(),
+        ..Default::default()
+    };
+    meta.metadata.extend(metadata);
+    if let Some(p) = &pin {
+        meta.metadata.insert("kiln.source.pin".into(), p.clone());
+    }
+    let (id, path) = commit(&ctx.store, staging, meta).await?;
+    save(&ctx.store, keys, &id, &strongest).await?;
+    ctx.executed.fetch_add(1, Ordering::Relaxed);
+    Ok(NodeResult {
+        key: strongest,
+        snapshot: id,
+        path,
+        cached: false,
+        source: Some((identifier, pin)),
+    })
+}
+
+/// A session-scoped source (e.g. `local://`): its key is random, so it is snapshotted
+/// every build and keyed by the checksum of its content; an unchanged tree reuses the
+/// snapshot already stored and counts as cached.
+async fn session_source(
+    node: &Node,
+    ctx: &Arc<Ctx>,
+    op: &SourceOp,
+    identifier: String,
+) -> Res<NodeResult> {
+    let step = node.name.as_str();
+    let staging = stage(&ctx.store).await?;
+    op.snapshot(staging.path(), &ctx.job, step)
+        .await
+        .map_err(|e| e.message)?;
+    let staged = staging.path().to_path_buf();
+    let tree = blocking(move || TreeHash::compute(&staged).map_err(|e| e.to_string())).await?;
+    let tree = Arc::new(tree);
+    let key = content_key(&tree.root_digest());
+    let _lock = lock(ctx, &key).await?;
+    // Local sources record only their name in metadata, never a pin.
+    let source = Some((identifier.clone(), None));
+    if !ctx.no_cache {
+        if let Some(hit) = lookup(&ctx.store, &key).await? {
+            ctx.hasher.insert(hit.snapshot.as_str(), tree);
+            drop(staging);
+            return Ok(cached(hit, source));
+        }
+    }
+    ctx.progress.step(step, StepEvent::Start);
+    let meta = SnapshotMeta {
+        description: identifier,
+        ..Default::default()
+    };
+    let (id, path) = commit(&ctx.store, staging, meta).await?;
+    ctx.hasher.insert(id.as_str(), tree);
+    save(&ctx.store, vec![key.clone()], &id, &key).await?;
+    ctx.executed.fetch_add(1, Ordering::Relaxed);
+    Ok(NodeResult {
+        key,
+        snapshot: id,
+        path,
+        cached: false,
+        source,
+    })
+}
+
+enum Exec<'a> {
+    /// Actions, and whether input 0 is the base.
+    File(&'a [Action], bool),
+    Merge,
+}
+
+/// The checksum of what `selectors` name in an input, memoised in the snapshot's
+/// metadata (snapshots are immutable) and in the process's hasher.
+async fn selection_checksum(
+    ctx: &Arc<Ctx>,
+    input: &NodeResult,
+    selectors: &[String],
+    follow: bool,
+) -> Res<String> {
+    let (store, hasher) = (ctx.store.clone(), ctx.hasher.clone());
+    let (id, path, selectors) = (
+        input.snapshot.clone(),
+        input.path.clone(),
+        selectors.to_vec(),
+    );
+    blocking(move || {
+        let meta_key = format!(
+            "{HASH_META}:{}:{}",
+            u8::from(follow),
+            serde_json::to_string(&selectors).expect("strings encode")
+        );
+        let meta = store.snapshot_metadata(&id).map_err(|e| e.to_string())?;
+        if let Some(v) = meta.get(&meta_key) {
+            return Ok(v.clone());
+        }
+        let tree = hasher.tree(id.as_str(), &path).map_err(|e| e.to_string())?;
+        let sum = tree.selection_checksum(&selectors, follow);
+        store
+            .set_snapshot_metadata(&id, &meta_key, &sum)
+            .map_err(|e| e.to_string())?;
+        Ok(sum)
+    })
+    .await
+}
+
+/// A file or merge vertex: definition key, then content key, then execution.
+async fn operation(
+    node: &Node,
+    ctx: &Arc<Ctx>,
+    def: &OpDef,
+    inputs: &[Arc<NodeResult>],
+    exec: Exec<'_>,
+) -> Res<NodeResult> {
+    let step = node.name.as_str();
+    let digest = op_digest(&def.canonical);
+    let fast_deps: Vec<Dep> = inputs
+        .iter()
+        .zip(&def.selectors)
+        .map(|(r, sel)| Dep {
+            key: r.key.clone(),
+            selector: selector_digest(sel.as_deref()),
+        })
+        .collect();
+    let fast = op_key(&digest, &fast_deps);
+    if !ctx.no_cache {
+        if let Some(hit) = lookup(&ctx.store, &fast).await? {
+            return Ok(cached(hit, None));
+        }
+    }
+
+    // The content key: checksums of the selected paths replace those inputs' keys.
+    let slow = if def.selectors.iter().any(Option::is_some) {
+        let mut deps = Vec::with_capacity(inputs.len());
+        for (i, r) in inputs.iter().enumerate() {
+            deps.push(match &def.selectors[i] {
+                Some(sel) => Dep {
+                    key: selection_checksum(ctx, r, sel, def.follow_symlinks[i]).await?,
+                    selector: String::new(),
+                },
+                None => fast_deps[i].clone(),
+            });
+        }
+        Some(op_key(&digest, &deps))
+    } else {
+        None
+    };
+    let effective = slow.clone().unwrap_or_else(|| fast.clone());
+    if let (Some(slow), false) = (&slow, ctx.no_cache) {
+        if let Some(hit) = lookup(&ctx.store, slow).await? {
+            save(&ctx.store, vec![fast], &hit.snapshot, &hit.effective).await?;
+            return Ok(cached(hit, None));
+        }
+    }
+
+    let _lock = lock(ctx, &effective).await?;
+    if !ctx.no_cache {
+        if let Some(hit) = lookup(&ctx.store, &effective).await? {
+            save(&ctx.store, vec![fast], &hit.snapshot, &hit.effective).await?;
+            return Ok(cached(hit, None));
+        }
+    }
+
+    ctx.progress.step(step, StepEvent::Start);
+    let staging = stage(&ctx.store).await?;
+    let target = staging.path().to_path_buf();
+    let cancel: Arc<AtomicBool> = ctx.job.cancel.clone();
+    let paths: Vec<PathBuf> = inputs.iter().map(|r| r.path.clone()).collect();
+    match exec {
+        Exec::File(actions, has_base) => {
+            let actions = actions.to_vec();
+            let names = def.inputs.clone();
+            blocking(move || {
+                let base = has_base.then(|| paths[0].as_path());
+                crate::worker::materialize(base, &target, Some(&cancel))
+                    .map_err(|e| e.to_string())?;
+                let lookup = |name: &str| {
+                    names
+                        .iter()
+                        .position(|n| n == name)
+                        .map(|i| paths[i].clone())
+                };
+                crate::worker::apply(&actions, &target, &lookup, Some(&cancel))
+                    .map_err(|e| e.to_string())
+            })
+            .await?
+        }
+        Exec::Merge => {
+            let layers: Vec<usize> = def.canonical["layers"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|v| v.as_u64())
+                        .map(|v| v as usize)
+                        .collect()
+                })
+                .unwrap_or_default();
+            blocking(move || {
+                let dirs: Vec<&std::path::Path> =
+                    layers.iter().map(|&i| paths[i].as_path()).collect();
+                crate::worker::merge(&dirs, &target, Some(&cancel)).map_err(|e| e.to_string())
+            })
+            .await?
+        }
+    }
+    let meta = SnapshotMeta {
+        description: format!("step {step}"),
+        ..Default::default()
+    };
+    let (id, path) = commit(&ctx.store, staging, meta).await?;
+    let mut keys = vec![fast];
+    keys.extend(slow);
+    save(&ctx.store, keys, &id, &effective).await?;
+    ctx.executed.fetch_add(1, Ordering::Relaxed);
+    Ok(NodeResult {
+        key: effective,
+        snapshot: id,
+        path,
+        cached: false,
+        source: None,
+    })
+}
