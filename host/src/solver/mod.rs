@@ -122,14 +122,24 @@ impl BuildError {
 pub async fn run_build(ctx: &AppContext, opts: BuildOptions) -> Result<BuildSummary, BuildError> {
     let def = Definition::load(&opts.file)?;
     let store = ctx.store().map_err(BuildError::Failed)?;
+    build_with(def, store, ctx.sources.clone(), &ctx.root, opts).await
+}
 
+/// [`run_build`] with its parts given: a loaded definition, the store, the sources.
+pub(crate) async fn build_with(
+    def: Definition,
+    store: Arc<crate::store::Store>,
+    sources: Arc<crate::source_manager::SourceManager>,
+    root: &std::path::Path,
+    opts: BuildOptions,
+) -> Result<BuildSummary, BuildError> {
     let locals = resolve_locals(&def, &opts.locals)?;
     let progress = Arc::new(Progress::stderr(opts.progress));
     let job =
         Arc::new(Job::new(opts.secrets.clone(), locals.clone()).with_progress(progress.clone()));
 
-    let scope = sharing_scope(&ctx.root, &locals, opts.no_cache);
-    let graph = graph::build_graph(&def, &ctx.sources, opts.platform.as_deref(), &scope)
+    let scope = sharing_scope(root, &locals, opts.no_cache);
+    let graph = graph::build_graph(&def, &sources, opts.platform.as_deref(), &scope)
         .await
         .map_err(|e| {
             let msg = format!("step `{}`: {}", e.step, e.error.message);
@@ -142,10 +152,10 @@ pub async fn run_build(ctx: &AppContext, opts: BuildOptions) -> Result<BuildSumm
 
     let ectx = Arc::new(exec::Ctx {
         store: store.clone(),
-        sources: ctx.sources.clone(),
+        sources: sources.clone(),
         job: job.clone(),
         progress: progress.clone(),
-        hasher: hasher_for(&ctx.root),
+        hasher: hasher_for(root),
         no_cache: opts.no_cache,
         executed: AtomicUsize::new(0),
     });
@@ -382,3 +392,6 @@ fn write_metadata(path: &std::path::Path, s: &BuildSummary) -> Result<(), BuildE
             ))
         })
 }
+
+#[cfg(test)]
+mod tests;
