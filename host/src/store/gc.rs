@@ -288,6 +288,35 @@ fn size_of(path: &Path) -> Result<u64, StoreError> {
 }
 
 impl Store {
+    /// One string column of a query without parameters.
+    fn strings(&self, sql: &str) -> Result<BTreeSet<String>, StoreError> {
+        self.inner.read("measure the store", |c| {
+            let mut st = c.prepare(sql)?;
+            let rows = st.query_map([], |r| r.get(0))?;
+            rows.collect()
+        })
+    }
+
+    /// Targets of `kind` leased by live owners.
+    fn live_leases(
+        &self,
+        kind: &str,
+        owners: &mut Owners<'_>,
+    ) -> Result<BTreeSet<String>, StoreError> {
+        let leases: Vec<(String, String)> = self.inner.read("measure leases", |c| {
+            let mut st = c.prepare("SELECT owner, target FROM leases WHERE kind = ?1")?;
+            let rows = st.query_map(params![kind], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            rows.collect()
+        })?;
+        let mut live = BTreeSet::new();
+        for (owner, target) in leases {
+            if owners.alive(&owner)? {
+                live.insert(target);
+            }
+        }
+        Ok(live)
+    }
+
     /// Measures what the store holds. Read-only: it removes nothing.
     pub fn du(&self) -> Result<DuReport, StoreError> {
         let root = &self.inner.root;
@@ -297,41 +326,15 @@ impl Store {
         };
         let mut owners = Owners::new(self, false);
 
-        let (snaps, leased_snaps, referenced): (
-            Vec<(String, i64, i64)>,
-            BTreeSet<String>,
-            BTreeSet<String>,
-        ) = self.inner.read("measure snapshots", |c| {
-            let mut st = c.prepare("SELECT id, size, last_used FROM snapshots")?;
-            let snaps = st
-                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-                .collect::<rusqlite::Result<_>>()?;
-            let mut st = c.prepare("SELECT DISTINCT owner, target FROM leases WHERE kind = ?1")?;
-            let leases: Vec<(String, String)> = st
-                .query_map(params![LEASE_SNAPSHOT], |r| Ok((r.get(0)?, r.get(1)?)))?
-                .collect::<rusqlite::Result<_>>()?;
-            let mut st = c.prepare("SELECT DISTINCT snapshot_id FROM cache_results")?;
-            let referenced = st
-                .query_map([], |r| r.get(0))?
-                .collect::<rusqlite::Result<_>>()?;
-            Ok((
-                snaps,
-                leases
-                    .into_iter()
-                    .map(|l| format!("{}\0{}", l.0, l.1))
-                    .collect(),
-                referenced,
-            ))
+        let snaps: Vec<(String, i64)> = self.inner.read("measure snapshots", |c| {
+            let mut st = c.prepare("SELECT id, size FROM snapshots")?;
+            let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            rows.collect()
         })?;
-        let mut live_leased = BTreeSet::new();
-        for l in &leased_snaps {
-            let (owner, target) = l.split_once('\0').expect("joined above");
-            if owners.alive(owner)? {
-                live_leased.insert(target.to_string());
-            }
-        }
+        let referenced = self.strings("SELECT DISTINCT snapshot_id FROM cache_results")?;
+        let live_leased = self.live_leases(LEASE_SNAPSHOT, &mut owners)?;
         let recorded: BTreeSet<&str> = snaps.iter().map(|s| s.0.as_str()).collect();
-        for (id, size, _) in &snaps {
+        for (id, size) in &snaps {
             let size = *size as u64;
             r.snapshots.add(size);
             if live_leased.contains(id) {
@@ -353,28 +356,8 @@ impl Store {
             }
         }
 
-        let (leased_blobs, referenced_blobs): (BTreeSet<String>, BTreeSet<String>) =
-            self.inner.read("measure blobs", |c| {
-                let mut st = c.prepare("SELECT owner, target FROM leases WHERE kind = ?1")?;
-                let l: Vec<(String, String)> = st
-                    .query_map(params![LEASE_BLOB], |r| Ok((r.get(0)?, r.get(1)?)))?
-                    .collect::<rusqlite::Result<_>>()?;
-                let mut st = c.prepare("SELECT DISTINCT digest FROM snapshot_blobs")?;
-                let refd = st
-                    .query_map([], |r| r.get(0))?
-                    .collect::<rusqlite::Result<_>>()?;
-                Ok((
-                    l.into_iter().map(|(o, t)| format!("{o}\0{t}")).collect(),
-                    refd,
-                ))
-            })?;
-        let mut live_blobs = BTreeSet::new();
-        for l in &leased_blobs {
-            let (owner, target) = l.split_once('\0').expect("joined above");
-            if owners.alive(owner)? {
-                live_blobs.insert(target.to_string());
-            }
-        }
+        let referenced_blobs = self.strings("SELECT DISTINCT digest FROM snapshot_blobs")?;
+        let live_blobs = self.live_leases(LEASE_BLOB, &mut owners)?;
         for (name, _, meta) in list_dir(&root.join("content/blobs/sha256"))? {
             r.blobs.add(meta.len());
             let digest = format!("sha256:{name}");
