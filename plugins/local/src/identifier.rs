@@ -1,0 +1,309 @@
+//! `local://NAME` identifiers and their `local.*` attributes (no I/O).
+
+use std::fmt;
+
+use kiln_plugin_api::patterns::PatternMatcher;
+use kiln_plugin_api::{PluginError, Request, Result};
+
+/// `local.session`: a session id; the form `a:b` gives name `a-<name>`, session `b`.
+pub const ATTR_SESSION: &str = "local.session";
+/// `local.unique`: a client id that only changes the vertex digest.
+pub const ATTR_UNIQUE: &str = "local.unique";
+/// `local.includepattern` (BuildKit's spelling): JSON list of include patterns.
+pub const ATTR_INCLUDE: &str = "local.includepattern";
+/// `local.includepatterns`: accepted as another spelling of [`ATTR_INCLUDE`].
+pub const ATTR_INCLUDE_ALT: &str = "local.includepatterns";
+/// `local.excludepatterns`: JSON list of exclude patterns.
+pub const ATTR_EXCLUDE: &str = "local.excludepatterns";
+/// `local.followpaths`: JSON list of paths whose symlinks are followed.
+pub const ATTR_FOLLOW: &str = "local.followpaths";
+/// `local.sharedkeyhint`: a hint for reusing an earlier transfer.
+pub const ATTR_SHARED_KEY_HINT: &str = "local.sharedkeyhint";
+/// `local.differ`: `metadata` (default) or `none`.
+pub const ATTR_DIFFER: &str = "local.differ";
+/// `local.metadatatransfer`: BuildKit's metadata-only transfer (only `false` here).
+pub const ATTR_METADATA_TRANSFER: &str = "local.metadatatransfer";
+/// `local.metadatatransferexclude`: patterns for the metadata-only transfer.
+pub const ATTR_METADATA_TRANSFER_EXCLUDE: &str = "local.metadatatransferexclude";
+
+const KNOWN: [&str; 10] = [
+    ATTR_SESSION,
+    ATTR_UNIQUE,
+    ATTR_INCLUDE,
+    ATTR_INCLUDE_ALT,
+    ATTR_EXCLUDE,
+    ATTR_FOLLOW,
+    ATTR_SHARED_KEY_HINT,
+    ATTR_DIFFER,
+    ATTR_METADATA_TRANSFER,
+    ATTR_METADATA_TRANSFER_EXCLUDE,
+];
+
+/// How a transfer decides that a file is unchanged since an earlier one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Differ {
+    /// Size, mtime and mode (BuildKit's default).
+    Metadata,
+    /// Always transfer.
+    None,
+}
+
+/// A parsed `local://NAME` step.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LocalId {
+    /// The name as written after `local://`.
+    pub name: String,
+    /// The name the directory is looked up under and keyed by: `name`, or `a-name`
+    /// when `local.session` is `a:b`.
+    pub key_name: String,
+    /// The session from `local.session` (without an `a:` prefix), if set.
+    pub session: Option<String>,
+    /// Include patterns; `None` when the attribute is absent (or JSON `null`).
+    pub include: Option<Vec<String>>,
+    /// Exclude patterns; `None` when absent.
+    pub exclude: Option<Vec<String>>,
+    /// Follow paths; `None` when absent.
+    pub follow: Option<Vec<String>>,
+    /// `local.sharedkeyhint`.
+    pub shared_key_hint: Option<String>,
+    /// `local.differ`.
+    pub differ: Differ,
+}
+
+impl fmt::Display for LocalId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "local://{}", self.name)
+    }
+}
+
+fn invalid(id: &str, msg: impl fmt::Display) -> PluginError {
+    PluginError::invalid_identifier(format!("local://{id}: {msg}"))
+}
+
+/// Parses a JSON string list attribute; `null` is `None`.
+fn string_list(name: &str, key: &str, value: &str) -> Result<Option<Vec<String>>> {
+    let parsed: Option<Vec<String>> = serde_json::from_str(value).map_err(|e| {
+        invalid(
+            name,
+            format!("attribute {key} must be a JSON list of strings like [\"a\", \"b\"]: {e}"),
+        )
+    })?;
+    Ok(parsed)
+}
+
+impl LocalId {
+    /// Parses `request` (scheme `local`, reference `NAME`) and validates every
+    /// `local.*` attribute; other attributes are ignored.
+    pub fn parse(request: &Request) -> Result<Self> {
+        let name = request.reference.as_str();
+        if name.is_empty() {
+            return Err(PluginError::invalid_identifier(
+                "local://: a local source needs a name, as in local://context",
+            ));
+        }
+        if let Some(c) = name.chars().find(|c| c.is_control() || *c == '/') {
+            return Err(invalid(
+                name,
+                format!("a local name cannot contain {c:?}; use a plain name such as \"context\""),
+            ));
+        }
+        for key in request.attrs.keys() {
+            if key.starts_with("local.") && !KNOWN.contains(&key.as_str()) {
+                return Err(invalid(
+                    name,
+                    format!("unknown attribute {key} (known: {})", KNOWN.join(", ")),
+                ));
+            }
+        }
+
+        let mut key_name = name.to_string();
+        let mut session = None;
+        if let Some(v) = request.attr(ATTR_SESSION) {
+            match v.split_once(':') {
+                Some((prefix, id)) => {
+                    key_name = format!("{prefix}-{name}");
+                    session = Some(id.to_string());
+                }
+                None => session = Some(v.to_string()),
+            }
+        }
+
+        let include = match (request.attr(ATTR_INCLUDE), request.attr(ATTR_INCLUDE_ALT)) {
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    name,
+                    format!("set only one of {ATTR_INCLUDE} and {ATTR_INCLUDE_ALT}"),
+                ))
+            }
+            (Some(v), None) => string_list(name, ATTR_INCLUDE, v)?,
+            (None, Some(v)) => string_list(name, ATTR_INCLUDE_ALT, v)?,
+            (None, None) => None,
+        };
+        let exclude = request
+            .attr(ATTR_EXCLUDE)
+            .map(|v| string_list(name, ATTR_EXCLUDE, v))
+            .transpose()?
+            .flatten();
+        let follow = request
+            .attr(ATTR_FOLLOW)
+            .map(|v| string_list(name, ATTR_FOLLOW, v))
+            .transpose()?
+            .flatten();
+        let include_key = if request.attr(ATTR_INCLUDE).is_some() {
+            ATTR_INCLUDE
+        } else {
+            ATTR_INCLUDE_ALT
+        };
+        for (key, list) in [
+            (include_key, &include),
+            (ATTR_EXCLUDE, &exclude),
+            (ATTR_FOLLOW, &follow),
+        ] {
+            if let Some(list) = list {
+                PatternMatcher::new(list)
+                    .map_err(|e| invalid(name, format!("attribute {key}: {e}")))?;
+            }
+        }
+        if let Some(v) = request.attr(ATTR_METADATA_TRANSFER_EXCLUDE) {
+            string_list(name, ATTR_METADATA_TRANSFER_EXCLUDE, v)?;
+        }
+
+        let differ = match request.attr(ATTR_DIFFER) {
+            None | Some("") | Some("metadata") => Differ::Metadata,
+            Some("none") => Differ::None,
+            Some(other) => {
+                return Err(invalid(
+                    name,
+                    format!("attribute {ATTR_DIFFER} must be \"metadata\", \"none\" or empty, not {other:?}"),
+                ))
+            }
+        };
+        match request.attr(ATTR_METADATA_TRANSFER) {
+            None | Some("") | Some("false") => {}
+            Some("true") => {
+                return Err(PluginError::unsupported(format!(
+                    "local://{name}: attribute {ATTR_METADATA_TRANSFER}=true (metadata-only transfer) is not supported"
+                )))
+            }
+            Some(other) => {
+                return Err(invalid(
+                    name,
+                    format!("attribute {ATTR_METADATA_TRANSFER} must be \"true\" or \"false\", not {other:?}"),
+                ))
+            }
+        }
+
+        Ok(LocalId {
+            name: name.to_string(),
+            key_name,
+            session,
+            include,
+            exclude,
+            follow,
+            shared_key_hint: request.attr(ATTR_SHARED_KEY_HINT).map(str::to_string),
+            differ,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kiln_plugin_api::ErrorCode;
+
+    fn req(name: &str, attrs: &[(&str, &str)]) -> Request {
+        Request {
+            scheme: "local".into(),
+            reference: name.into(),
+            attrs: attrs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            platform: None,
+        }
+    }
+
+    #[test]
+    fn plain_name() {
+        let id = LocalId::parse(&req("context", &[])).unwrap();
+        assert_eq!(id.to_string(), "local://context");
+        assert_eq!(id.key_name, "context");
+        assert_eq!(id.include, None);
+        assert_eq!(id.differ, Differ::Metadata);
+    }
+
+    #[test]
+    fn attributes() {
+        let id = LocalId::parse(&req(
+            "ctx",
+            &[
+                (ATTR_INCLUDE, r#"["src", "*.toml"]"#),
+                (ATTR_EXCLUDE, "[]"),
+                (ATTR_FOLLOW, "null"),
+                (ATTR_DIFFER, "none"),
+                (ATTR_SHARED_KEY_HINT, "hint"),
+                (ATTR_UNIQUE, "u1"),
+                ("git.keepgitdir", "ignored"),
+            ],
+        ))
+        .unwrap();
+        assert_eq!(
+            id.include.as_deref(),
+            Some(&["src".to_string(), "*.toml".to_string()][..])
+        );
+        assert_eq!(id.exclude, Some(vec![]));
+        assert_eq!(id.follow, None);
+        assert_eq!(id.differ, Differ::None);
+        assert_eq!(id.shared_key_hint.as_deref(), Some("hint"));
+        let alt = LocalId::parse(&req("ctx", &[(ATTR_INCLUDE_ALT, r#"["a"]"#)])).unwrap();
+        assert_eq!(alt.include, Some(vec!["a".to_string()]));
+    }
+
+    #[test]
+    fn session_prefix_renames() {
+        let id = LocalId::parse(&req("context", &[(ATTR_SESSION, "abc:s1")])).unwrap();
+        assert_eq!(id.key_name, "abc-context");
+        assert_eq!(id.session.as_deref(), Some("s1"));
+        assert_eq!(id.to_string(), "local://context");
+        let id = LocalId::parse(&req("context", &[(ATTR_SESSION, "s2")])).unwrap();
+        assert_eq!(id.key_name, "context");
+        assert_eq!(id.session.as_deref(), Some("s2"));
+    }
+
+    #[test]
+    fn errors_name_the_attribute() {
+        for (attrs, needle) in [
+            (vec![(ATTR_EXCLUDE, "target")], ATTR_EXCLUDE),
+            (vec![(ATTR_INCLUDE, r#"["a", 1]"#)], ATTR_INCLUDE),
+            (vec![(ATTR_FOLLOW, "")], ATTR_FOLLOW),
+            (vec![(ATTR_EXCLUDE, r#"["[oops"]"#)], "[oops"),
+            (vec![(ATTR_DIFFER, "content")], ATTR_DIFFER),
+            (
+                vec![(ATTR_METADATA_TRANSFER, "maybe")],
+                ATTR_METADATA_TRANSFER,
+            ),
+            (vec![("local.excludepattern", "[]")], "local.excludepattern"),
+            (
+                vec![(ATTR_INCLUDE, "[]"), (ATTR_INCLUDE_ALT, "[]")],
+                ATTR_INCLUDE_ALT,
+            ),
+        ] {
+            let err = LocalId::parse(&req("ctx", &attrs)).unwrap_err();
+            assert_eq!(err.code, ErrorCode::INVALID_IDENTIFIER, "{err}");
+            assert!(err.message.contains(needle), "{err} should name {needle}");
+            assert!(err.message.starts_with("local://ctx:"), "{err}");
+        }
+        let err = LocalId::parse(&req("ctx", &[(ATTR_METADATA_TRANSFER, "true")])).unwrap_err();
+        assert_eq!(err.code, ErrorCode::UNSUPPORTED);
+    }
+
+    #[test]
+    fn bad_names() {
+        assert!(LocalId::parse(&req("", &[]))
+            .unwrap_err()
+            .message
+            .contains("needs a name"));
+        assert!(LocalId::parse(&req("a/b", &[])).is_err());
+        assert!(LocalId::parse(&req("a\nb", &[])).is_err());
+    }
+}
