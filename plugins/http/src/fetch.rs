@@ -219,9 +219,7 @@ pub fn get_into_store(
         match stream_body(resp, &mut writer, ctx.job, &task, start, total) {
             Ok(n) => {
                 ctx.job.progress_finish(&task, n, None);
-                let info = writer
-                    .commit(expected)
-                    .map_err(|e| commit_error(id, expected, e))?;
+                let info = writer.commit(expected).map_err(|e| commit_error(id, e))?;
                 return Ok(GetOutcome::Fetched(Fetched {
                     digest: info.digest.into_string(),
                     path: PathBuf::from(info.path.as_str()),
@@ -250,16 +248,9 @@ pub fn get_into_store(
     }
 }
 
-fn commit_error(id: &HttpIdentifier, expected: Option<&str>, e: PluginError) -> PluginError {
-    if e.code == ErrorCode::CHECKSUM_MISMATCH {
-        let exp = expected.unwrap_or("?");
-        PluginError::checksum_mismatch(format!(
-            "digest mismatch for {id}: expected {exp}: {}",
-            e.message
-        ))
-    } else {
-        e.context(format!("{id}: content store"))
-    }
+fn commit_error(id: &HttpIdentifier, e: PluginError) -> PluginError {
+    // The store's message names the expected and the actual digest.
+    e.context(id)
 }
 
 fn backoff(ctx: &Ctx<'_, '_>, attempt: u32, why: &str) -> Result<()> {

@@ -1,0 +1,393 @@
+//! End-to-end tests of the http source: the real `kiln` binary and the real
+//! `libkiln_source_http.so` against the loopback server of `kiln_tests::http_server`.
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use kiln_tests::http_server::{HttpServer, Route};
+use kiln_tests::{Env, Run};
+
+/// BuildKit's TestHTTPSource value: `/foo` serving `content1`, no Last-Modified.
+const FOO_KEY: &str = "sha256:0b1a154faa3003c1fbe7fda9c8a42d55fde2df2a2c405c32038f8ac7ed6b044a";
+const CONTENT1_DIGEST: &str =
+    "sha256:d0b425e00e15a0d36b9b361f02bab63563aed6cb4665083905386c55d5b679fa";
+
+fn resolve(env: &Env, url: &str, extra: &[&str]) -> Run {
+    let mut args = vec!["source", "resolve", url, "--json"];
+    args.extend_from_slice(extra);
+    env.kiln(args)
+}
+
+fn fetch(env: &Env, url: &str, dest: &str, extra: &[&str]) -> Run {
+    let dest = env.path(dest);
+    let mut args = vec![
+        "source".to_string(),
+        "fetch".into(),
+        url.into(),
+        "--json".into(),
+        "--dest".into(),
+        dest.display().to_string(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    env.kiln(args)
+}
+
+fn key_and_pin(run: &Run) -> (String, String) {
+    run.success();
+    let v = run.json();
+    let key = v["keys"][0]["key"]
+        .as_str()
+        .expect("keys[0].key")
+        .to_string();
+    assert_eq!(v["keys"][0]["done"], true, "{v}");
+    assert_eq!(v["keys"].as_array().map(Vec::len), Some(1), "{v}");
+    (key, v["pin"].as_str().expect("pin").to_string())
+}
+
+/// Deterministic, incompressible-enough test data.
+fn data(len: usize, seed: u32) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect()
+}
+
+fn sha256_of(bytes: &[u8]) -> String {
+    // Independent of the plugin: the `sha256sum` program.
+    kiln_tests::require_program("sha256sum", "coreutils");
+    let mut child = std::process::Command::new("sha256sum")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("sha256sum");
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(bytes).unwrap();
+    let out = child.wait_with_output().unwrap();
+    format!(
+        "sha256:{}",
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .next()
+            .unwrap()
+    )
+}
+
+#[test]
+fn key_for_foo_is_buildkits_and_repeat_is_one_head() {
+    let srv = HttpServer::start();
+    srv.route("/foo", Route::bytes("content1").etag("\"e1\""));
+    let env = Env::new();
+    let (key, pin) = key_and_pin(&resolve(&env, &srv.url("/foo"), &[]));
+    assert_eq!(key, FOO_KEY);
+    assert_eq!(pin, CONTENT1_DIGEST);
+    assert_eq!(srv.count("GET", "/foo"), 1);
+    assert_eq!(srv.body_bytes(), 8);
+
+    srv.reset_counters();
+    let (key2, pin2) = key_and_pin(&resolve(&env, &srv.url("/foo"), &[]));
+    assert_eq!((key2.as_str(), pin2.as_str()), (FOO_KEY, CONTENT1_DIGEST));
+    let reqs = srv.requests();
+    assert_eq!(reqs.len(), 1, "{reqs:?}");
+    assert_eq!(reqs[0].method, "HEAD");
+    assert_eq!(reqs[0].header("if-none-match"), Some("\"e1\""));
+    assert_eq!(reqs[0].header("accept-encoding"), Some("gzip"));
+    assert_eq!(srv.body_bytes(), 0);
+
+    // The ETag changes: a new key and the new content.
+    srv.route("/foo", Route::bytes("content2").etag("\"e2\""));
+    srv.reset_counters();
+    let (key3, pin3) = key_and_pin(&resolve(&env, &srv.url("/foo"), &[]));
+    assert_ne!(key3, FOO_KEY);
+    assert_eq!(pin3, sha256_of(b"content2"));
+    assert_eq!(
+        (srv.count("HEAD", "/foo"), srv.count("GET", "/foo")),
+        (1, 1)
+    );
+    let f = fetch(&env, &srv.url("/foo"), "out", &[]);
+    f.success();
+    assert_eq!(std::fs::read(env.path("out/foo")).unwrap(), b"content2");
+}
+
+#[test]
+fn checksum_attr_makes_no_request_at_key_time() {
+    let srv = HttpServer::start();
+    srv.route("/foo", Route::bytes("content1"));
+    let env = Env::new();
+    let attr = format!("http.checksum={CONTENT1_DIGEST}");
+    let (key, pin) = key_and_pin(&resolve(&env, &srv.url("/foo"), &["--attr", &attr]));
+    assert_eq!((key.as_str(), pin.as_str()), (FOO_KEY, CONTENT1_DIGEST));
+    assert_eq!(srv.requests().len(), 0);
+    fetch(&env, &srv.url("/foo"), "out", &["--attr", &attr]).success();
+    assert_eq!(std::fs::read(env.path("out/foo")).unwrap(), b"content1");
+    assert_eq!(srv.count("GET", "/foo"), 1);
+    // Cached: no request at all the second time.
+    srv.reset_counters();
+    fetch(&env, &srv.url("/foo"), "out2", &["--attr", &attr]).success();
+    assert_eq!(srv.requests().len(), 0);
+}
+
+#[test]
+fn wrong_checksum_fails_and_stores_nothing() {
+    let srv = HttpServer::start();
+    srv.route("/foo", Route::bytes("content1"));
+    let env = Env::new();
+    let wrong = sha256_of(b"something else");
+    let run = fetch(
+        &env,
+        &srv.url("/foo"),
+        "out",
+        &["--attr", &format!("http.checksum={wrong}")],
+    );
+    run.expect_code(1);
+    assert!(run.stderr.contains(&wrong), "{}", run.stderr);
+    assert!(run.stderr.contains(CONTENT1_DIGEST), "{}", run.stderr);
+    let blob = env
+        .root()
+        .join("content/blobs/sha256")
+        .join(&CONTENT1_DIGEST["sha256:".len()..]);
+    assert!(!blob.exists(), "{} was stored", blob.display());
+}
+
+#[test]
+fn urls_sharing_an_etag_never_cross() {
+    let srv = HttpServer::start();
+    srv.route("/a", Route::bytes("aaa").etag("\"same\""));
+    srv.route("/b", Route::bytes("bbb").etag("\"same\""));
+    let env = Env::new();
+    let (_, pa) = key_and_pin(&resolve(&env, &srv.url("/a"), &[]));
+    let (_, pb) = key_and_pin(&resolve(&env, &srv.url("/b"), &[]));
+    assert_eq!(pa, sha256_of(b"aaa"));
+    assert_eq!(pb, sha256_of(b"bbb"));
+    assert_eq!((srv.count("GET", "/a"), srv.count("GET", "/b")), (1, 1));
+    assert_eq!(
+        srv.count("HEAD", "/b"),
+        0,
+        "/b must not be revalidated with /a's ETag"
+    );
+}
+
+#[test]
+fn not_found_names_the_status_and_credentials_stay_hidden() {
+    let srv = HttpServer::start();
+    let env = Env::new();
+    let url = srv
+        .url("/missing")
+        .replace("http://", "http://alice:pa55word@");
+    let run = resolve(&env, &url, &["--log-level", "debug"]);
+    run.expect_code(1);
+    assert!(run.stderr.contains("404"), "{}", run.stderr);
+    assert!(
+        !run.stderr.contains("pa55word") && !run.stdout.contains("pa55word"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn connection_cut_halfway_is_resumed() {
+    let srv = HttpServer::start();
+    let body = data(8 << 20, 1);
+    let mut route = Route::bytes(body.clone()).etag("\"big\"");
+    route.cut_after = Some(3 << 20);
+    route.cuts = 1;
+    srv.route("/big", route);
+    let env = Env::new();
+    let (_, pin) = key_and_pin(&resolve(&env, &srv.url("/big"), &[]));
+    assert_eq!(pin, sha256_of(&body));
+    let gets: Vec<_> = srv
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "GET")
+        .collect();
+    assert_eq!(gets.len(), 2, "{gets:?}");
+    let range = gets[1]
+        .header("range")
+        .expect("the second GET asks for a range");
+    assert!(
+        range.starts_with("bytes=") && range != "bytes=0-",
+        "{range}"
+    );
+    assert_eq!(gets[1].header("if-range"), Some("\"big\""));
+    assert_eq!(
+        srv.body_bytes(),
+        body.len() as u64,
+        "bytes served: only the remainder was sent again"
+    );
+}
+
+#[test]
+fn kill_9_mid_download_then_rerun_fetches_only_the_remainder() {
+    let srv = HttpServer::start();
+    let body = data(24 << 20, 2);
+    let mut slow = Route::bytes(body.clone()).etag("\"k9\"");
+    slow.rate = Some(4 << 20);
+    srv.route("/k9", slow);
+    let env = Env::new();
+    let mut child = env
+        .command()
+        .args(["source", "resolve", &srv.url("/k9"), "--json"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn kiln");
+    let started = Instant::now();
+    while srv.body_bytes() < (10 << 20) {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the download never got going"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().expect("kill -9"); // SIGKILL
+    child.wait().unwrap();
+    let first = srv.body_bytes();
+    srv.route("/k9", Route::bytes(body.clone()).etag("\"k9\""));
+    srv.reset_counters();
+    let (_, pin) = key_and_pin(&resolve(&env, &srv.url("/k9"), &[]));
+    assert_eq!(pin, sha256_of(&body));
+    let second = srv.body_bytes();
+    let len = body.len() as u64;
+    assert!(
+        second < len - (4 << 20),
+        "the rerun downloaded {second} of {len} bytes (first run sent {first})"
+    );
+    let get = srv
+        .requests()
+        .into_iter()
+        .find(|r| r.method == "GET")
+        .expect("a GET");
+    assert!(get.header("range").is_some(), "{get:?}");
+}
+
+#[test]
+fn token_secret_reaches_the_server_and_never_the_output() {
+    let srv = HttpServer::start();
+    let mut r = Route::bytes("private");
+    r.require_authorization = Some("Bearer s3cr3t-t0ken".into());
+    srv.route("/private", r);
+    let env = Env::new();
+    let unauth = resolve(&env, &srv.url("/private"), &[]);
+    unauth.expect_code(1);
+    assert!(unauth.stderr.contains("401"), "{}", unauth.stderr);
+
+    let secret = env.write("token", "s3cr3t-t0ken\n");
+    let spec = format!("id=HTTP_AUTH_TOKEN_127.0.0.1,src={}", secret.display());
+    let run = resolve(
+        &env,
+        &srv.url("/private"),
+        &["--secret", &spec, "--log-level", "trace"],
+    );
+    let (_, pin) = key_and_pin(&run);
+    assert_eq!(pin, sha256_of(b"private"));
+    assert!(!run.stdout.contains("s3cr3t") && !run.stderr.contains("s3cr3t"));
+    let last = srv.requests().pop().unwrap();
+    assert_eq!(last.header("authorization"), Some("Bearer s3cr3t-t0ken"));
+}
+
+#[test]
+fn redirect_to_another_host_carries_no_authorization() {
+    let srv = HttpServer::start();
+    let mut r = Route::default();
+    r.redirect = Some(srv.url_with_host("localhost", "/target"));
+    srv.route("/start", r);
+    srv.route("/target", Route::bytes("moved"));
+    let env = Env::new();
+    let secret = env.write("hdr", "Basic dXNlcjpwYXNz");
+    let spec = format!("id=HTTP_AUTH_HEADER_127.0.0.1,src={}", secret.display());
+    let (_, pin) = key_and_pin(&resolve(&env, &srv.url("/start"), &["--secret", &spec]));
+    assert_eq!(pin, sha256_of(b"moved"));
+    let reqs = srv.requests();
+    let start = reqs.iter().find(|r| r.path == "/start").unwrap();
+    let target = reqs.iter().find(|r| r.path == "/target").unwrap();
+    assert_eq!(start.header("authorization"), Some("Basic dXNlcjpwYXNz"));
+    assert_eq!(target.header("authorization"), None, "{target:?}");
+    assert_eq!(
+        target.header("host").map(|h| h.starts_with("localhost:")),
+        Some(true)
+    );
+}
+
+#[test]
+fn gzip_encoded_body_is_decoded() {
+    let srv = HttpServer::start();
+    let mut r = Route::bytes("zipped content").etag("\"gz\"");
+    r.gzip = true;
+    srv.route("/gz", r);
+    let env = Env::new();
+    let (_, pin) = key_and_pin(&resolve(&env, &srv.url("/gz"), &[]));
+    assert_eq!(pin, sha256_of(b"zipped content"));
+    let get = srv
+        .requests()
+        .into_iter()
+        .find(|r| r.method == "GET")
+        .unwrap();
+    assert!(get
+        .header("accept-encoding")
+        .is_some_and(|v| v.contains("gzip")));
+}
+
+#[test]
+fn odd_304_answers_fall_back_to_a_full_get() {
+    let srv = HttpServer::start();
+    srv.route("/odd", Route::bytes("v1").etag("\"o1\""));
+    let env = Env::new();
+    key_and_pin(&resolve(&env, &srv.url("/odd"), &[]));
+    // Now the server answers conditional requests with an ETag it never sent.
+    let mut odd = Route::bytes("v2").etag("\"o2\"");
+    odd.odd_not_modified_etag = Some("\"never-seen\"".into());
+    srv.route("/odd", odd);
+    let (_, pin) = key_and_pin(&resolve(&env, &srv.url("/odd"), &[]));
+    assert_eq!(pin, sha256_of(b"v2"));
+}
+
+#[test]
+fn file_name_mode_and_mtime_rules() {
+    let srv = HttpServer::start();
+    let mut r = Route::bytes("cd body");
+    r.content_disposition = Some("attachment; filename=\"../../evil.txt\"".into());
+    r.last_modified = Some("Sun, 06 Nov 1994 08:49:37 GMT".into());
+    srv.route("/dl/x", r);
+    srv.route("/", Route::bytes("root"));
+    let env = Env::new();
+    fetch(&env, &srv.url("/dl/x"), "a", &["--attr", "http.perm=0644"]).success();
+    let md =
+        std::fs::metadata(env.path("a/evil.txt")).expect("file named from Content-Disposition");
+    assert_eq!(md.permissions().mode() & 0o7777, 0o644);
+    assert_eq!(md.mtime(), 784_111_777);
+    fetch(&env, &srv.url("/"), "b", &[]).success();
+    let md = std::fs::metadata(env.path("b/download")).expect("default name");
+    assert_eq!(md.permissions().mode() & 0o7777, 0o600);
+    assert_eq!(md.mtime(), 0);
+}
+
+#[test]
+fn two_processes_fetching_one_url_download_it_once() {
+    let srv = HttpServer::start();
+    let body = data(6 << 20, 3);
+    let mut r = Route::bytes(body.clone()).etag("\"two\"");
+    r.rate = Some(8 << 20);
+    srv.route("/two", r);
+    let env = Env::new();
+    let spawn = || {
+        env.command()
+            .args(["source", "resolve", &srv.url("/two"), "--json"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn kiln")
+    };
+    let (a, b) = (spawn(), spawn());
+    let (a, b): (Run, Run) = (
+        a.wait_with_output().unwrap().into(),
+        b.wait_with_output().unwrap().into(),
+    );
+    assert_eq!(key_and_pin(&a), key_and_pin(&b));
+    assert_eq!(srv.count("GET", "/two"), 1, "{:?}", srv.requests());
+    assert_eq!(srv.body_bytes(), body.len() as u64);
+}
