@@ -160,3 +160,6 @@ pub fn copy_file(from: &Path, to: &Path) {
     std::fs::create_dir_all(to.parent().expect("parent")).expect("mkdir");
     std::fs::copy(from, to).unwrap_or_else(|e| panic!("copy {} -> {}: {e}", from.display(), to.display()));
 }
+
+/// The loopback HTTP server of the http source tests and benchmark.
+pub mod http_server;
