@@ -1,1 +1,5 @@
-fn main() {}
+//! The `kiln` binary.
+
+fn main() -> std::process::ExitCode {
+    kiln::cli::main()
+}

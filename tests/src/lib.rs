@@ -63,8 +63,12 @@ pub struct Run {
 impl Run {
     /// Parses stdout as JSON; panics with both streams if it is not.
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}\nstderr:\n{}", self.stdout, self.stderr))
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
+            panic!(
+                "stdout is not JSON ({e}):\n{}\nstderr:\n{}",
+                self.stdout, self.stderr
+            )
+        })
     }
 
     /// Panics with both streams unless the exit code is `code`.
@@ -105,7 +109,10 @@ impl Env {
     /// A fresh environment under the system temp dir.
     pub fn new() -> Self {
         Self {
-            dir: tempfile::Builder::new().prefix("kiln-e2e-").tempdir().expect("tempdir"),
+            dir: tempfile::Builder::new()
+                .prefix("kiln-e2e-")
+                .tempdir()
+                .expect("tempdir"),
         }
     }
 
@@ -158,7 +165,8 @@ impl Default for Env {
 /// Copies a file with its permissions (for tests that need a private plugin copy).
 pub fn copy_file(from: &Path, to: &Path) {
     std::fs::create_dir_all(to.parent().expect("parent")).expect("mkdir");
-    std::fs::copy(from, to).unwrap_or_else(|e| panic!("copy {} -> {}: {e}", from.display(), to.display()));
+    std::fs::copy(from, to)
+        .unwrap_or_else(|e| panic!("copy {} -> {}: {e}", from.display(), to.display()));
 }
 
 /// The loopback HTTP server of the http source tests and benchmark.

@@ -1,0 +1,69 @@
+//! `kiln plugins list [--json]`.
+
+use super::{CliError, Globals};
+use crate::plugins::{LoadOptions, Status};
+
+/// Plugin commands.
+#[derive(clap::Subcommand, Debug)]
+pub enum PluginsCommand {
+    /// List the configured plugins and whether each loaded.
+    List {
+        /// Print a JSON array.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Runs a plugins command.
+pub fn run(g: &Globals, cmd: PluginsCommand) -> Result<(), CliError> {
+    let PluginsCommand::List { json } = cmd;
+    let app = g.app(LoadOptions { hash_all: true })?;
+    if json {
+        let rows: Vec<serde_json::Value> = app
+            .plugin_statuses
+            .iter()
+            .map(|s| {
+                serde_json::json!({
+                    "id": s.id,
+                    "path": s.path,
+                    "sha256": s.sha256,
+                    "version": s.version,
+                    "api_version": s.api_version,
+                    "schemes": s.schemes,
+                    "status": s.status,
+                    "reason": s.reason,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&rows).expect("JSON"));
+        return Ok(());
+    }
+    println!(
+        "{:<28} {:<9} {:<9} {:<22} PATH",
+        "ID", "STATUS", "VERSION", "SCHEMES"
+    );
+    for s in &app.plugin_statuses {
+        let status = match s.status {
+            Status::Loaded => "loaded",
+            Status::Skipped => "skipped",
+            Status::Disabled => "disabled",
+            Status::Failed => "failed",
+        };
+        println!(
+            "{:<28} {:<9} {:<9} {:<22} {}",
+            s.id,
+            status,
+            s.version.as_deref().unwrap_or("-"),
+            if s.schemes.is_empty() {
+                "-".to_string()
+            } else {
+                s.schemes.join(",")
+            },
+            s.path.display()
+        );
+        if let Some(r) = &s.reason {
+            println!("    {r}");
+        }
+    }
+    Ok(())
+}

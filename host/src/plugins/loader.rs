@@ -1,0 +1,237 @@
+//! Opening one plugin file: permission checks, the optional sha256 pin, `dlopen` of the
+//! verified bytes, the plugin-api version check, abi_stable's checks, and `describe`.
+
+use std::ffi::CString;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::Path;
+
+use abi_stable::library::{AbiHeaderRef, LibraryError, ROOT_MODULE_LOADER_NAME_WITH_NUL};
+use kiln_plugin_api::abi::{
+    api_compatible, PluginDeclaration, SourcePluginRef, DECLARATION_MAGIC, DECLARATION_SYMBOL,
+};
+use kiln_plugin_api::API_VERSION;
+use sha2::{Digest, Sha256};
+
+/// Why a file could not be opened as a plugin. The message is one short line; the
+/// caller prefixes the plugin id and path.
+#[derive(Debug)]
+pub struct OpenError {
+    /// The short reason.
+    pub reason: String,
+    /// Extra detail for debug logs (e.g. abi_stable's full layout report).
+    pub detail: Option<String>,
+    /// The plugin-api version the file declares, if it was read.
+    pub api_version: Option<String>,
+}
+
+impl OpenError {
+    fn new(reason: impl Into<String>) -> Self {
+        Self {
+            reason: reason.into(),
+            detail: None,
+            api_version: None,
+        }
+    }
+}
+
+/// A plugin library opened and checked, with its root module.
+pub struct OpenedLibrary {
+    /// The root module (the library is leaked: plugins are never unloaded).
+    pub module: SourcePluginRef,
+    /// The sha256 of the file's bytes, when it was computed.
+    pub sha256: Option<String>,
+    /// The plugin-api version the plugin declares.
+    pub api_version: String,
+}
+
+/// Opens `path` as a kiln plugin.
+///
+/// The file is opened once with `O_NOFOLLOW` (a symlink is refused), checked to be a
+/// regular file not writable by group or others, and then loaded through that same open
+/// file. With `pin` (or `hash`), its bytes are read once, hashed, compared with the pin
+/// and copied into a sealed memfd, and the memfd is what `dlopen` loads: the bytes that
+/// run are the bytes that were verified.
+pub fn open_plugin(path: &Path, pin: Option<&str>, hash: bool) -> Result<OpenedLibrary, OpenError> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => OpenError::new("refusing a symlinked plugin file"),
+            _ => OpenError::new(format!("cannot open: {e}")),
+        })?;
+    let meta = file
+        .metadata()
+        .map_err(|e| OpenError::new(format!("cannot stat: {e}")))?;
+    if !meta.file_type().is_file() {
+        return Err(OpenError::new("not a regular file"));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(OpenError::new(format!(
+            "refusing a plugin file writable by group or others (mode {:o})",
+            meta.mode() & 0o7777
+        )));
+    }
+
+    let (load_fd, sha256) = if pin.is_some() || hash {
+        let mut bytes = Vec::with_capacity(meta.len() as usize);
+        (&file)
+            .read_to_end(&mut bytes)
+            .map_err(|e| OpenError::new(format!("cannot read: {e}")))?;
+        let digest = hex::encode(Sha256::digest(&bytes));
+        if let Some(pin) = pin {
+            if pin != digest {
+                return Err(OpenError::new(format!(
+                    "sha256 mismatch: the configuration pins {pin}, the file has {digest}"
+                )));
+            }
+        }
+        (sealed_memfd(&bytes)?, Some(digest))
+    } else {
+        (file, None)
+    };
+
+    let fd_path = format!("/proc/self/fd/{}", load_fd.as_raw_fd());
+    // SAFETY: loading a plugin runs its initialisers: plugins are trusted code by
+    // design (DESIGN §2), and this file passed the operator's checks above.
+    let lib = unsafe {
+        libloading::os::unix::Library::open(Some(&fd_path), libc::RTLD_NOW | libc::RTLD_LOCAL)
+    }
+    .map_err(|e| {
+        let msg = e.to_string().replace(&fd_path, &path.display().to_string());
+        OpenError::new(format!(
+            "not a kiln plugin: cannot load it as a shared library ({msg})"
+        ))
+    })?;
+    // Keep the descriptor open for the life of the process: the dynamic loader knows
+    // the library by the name `/proc/self/fd/N`, and a later `dlopen` of a reused N
+    // would be answered with this library instead of the new file.
+    let _ = std::os::fd::IntoRawFd::into_raw_fd(load_fd);
+
+    let declaration: PluginDeclaration = unsafe {
+        match lib.get::<*const PluginDeclaration>(DECLARATION_SYMBOL.as_bytes()) {
+            Ok(sym) => **sym,
+            Err(_) => {
+                return Err(OpenError::new(format!(
+                    "not a kiln plugin: it exports no `{DECLARATION_SYMBOL}` symbol"
+                )))
+            }
+        }
+    };
+    if declaration.magic != DECLARATION_MAGIC {
+        return Err(OpenError::new(format!(
+            "not a kiln plugin: its `{DECLARATION_SYMBOL}` symbol has the wrong magic bytes"
+        )));
+    }
+    let api_version = declaration.api_version().to_string();
+    if !api_compatible(API_VERSION, &api_version) {
+        let mut e = OpenError::new(format!(
+            "built for plugin-api {api_version}, but this kiln provides plugin-api {API_VERSION}; rebuild the plugin against plugin-api {API_VERSION}"
+        ));
+        e.api_version = Some(api_version);
+        return Err(e);
+    }
+
+    let header: AbiHeaderRef = unsafe {
+        match lib.get::<AbiHeaderRef>(ROOT_MODULE_LOADER_NAME_WITH_NUL.as_bytes()) {
+            Ok(sym) => *sym,
+            Err(_) => {
+                return Err(OpenError::new(
+                    "not a kiln plugin: it exports no abi_stable root module",
+                ))
+            }
+        }
+    };
+    // Plugins are never unloaded (unloading Rust code is unsound with TLS destructors).
+    std::mem::forget(lib);
+    let module = header
+        .upgrade()
+        .and_then(|h| h.init_root_module::<SourcePluginRef>())
+        .map_err(library_error)?;
+    Ok(OpenedLibrary {
+        module,
+        sha256,
+        api_version,
+    })
+}
+
+/// A short line for an abi_stable error, with the full report kept for debug logs.
+fn library_error(e: LibraryError) -> OpenError {
+    let full = e.to_string();
+    let reason = match &e {
+        LibraryError::InvalidAbiHeader(_) => {
+            "built with an incompatible abi_stable version".to_string()
+        }
+        LibraryError::IncompatibleVersionNumber {
+            expected_version,
+            actual_version,
+            ..
+        } => format!(
+            "built for plugin-api {actual_version}, but this kiln provides plugin-api {expected_version}"
+        ),
+        LibraryError::AbiInstability(_) => {
+            let tail: Vec<&str> = full
+                .lines()
+                .filter(|l| l.trim_start().starts_with("Error:"))
+                .take(3)
+                .collect();
+            format!(
+                "its plugin-api types do not match this kiln's ({}); rebuild it against plugin-api {API_VERSION}",
+                if tail.is_empty() { "layout mismatch".to_string() } else { tail.join("; ") }
+            )
+        }
+        LibraryError::RootModule { .. } => "its root module constructor failed".to_string(),
+        _ => full.lines().next().unwrap_or("abi_stable refused it").to_string(),
+    };
+    OpenError {
+        reason,
+        detail: Some(full),
+        api_version: None,
+    }
+}
+
+/// Copies `bytes` into an anonymous memory file sealed against any change.
+fn sealed_memfd(bytes: &[u8]) -> Result<File, OpenError> {
+    let name = CString::new("kiln-plugin").expect("no NUL");
+    let fd =
+        unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
+    if fd < 0 {
+        return Err(OpenError::new(format!(
+            "memfd_create failed: {}",
+            std::io::Error::last_os_error()
+        )));
+    }
+    // SAFETY: fd was just created and is owned here.
+    let mut file = unsafe { File::from_raw_fd(fd) };
+    file.write_all(bytes)
+        .map_err(|e| OpenError::new(format!("cannot copy into memfd: {e}")))?;
+    let seals = libc::F_SEAL_SEAL | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE;
+    if unsafe { libc::fcntl(fd, libc::F_ADD_SEALS, seals) } != 0 {
+        return Err(OpenError::new(format!(
+            "cannot seal memfd: {}",
+            std::io::Error::last_os_error()
+        )));
+    }
+    Ok(file)
+}
+
+/// The sha256 (hex) of a file, read through `O_NOFOLLOW`.
+pub fn file_sha256(path: &Path) -> std::io::Result<String> {
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hex::encode(hasher.finalize()))
+}
