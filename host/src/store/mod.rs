@@ -99,6 +99,8 @@ struct Inner {
     conn: Mutex<Connection>,
     owner: String,
     owner_lock: Option<FileLock>,
+    /// Flush snapshot trees to disk before recording them (see [`Store::set_sync_snapshots`]).
+    sync_snapshots: AtomicBool,
 }
 
 impl std::fmt::Debug for Store {
@@ -147,10 +149,21 @@ impl Store {
             conn: Mutex::new(conn),
             owner,
             owner_lock: Some(lock),
+            sync_snapshots: AtomicBool::new(true),
         };
         Ok(Store {
             inner: Arc::new(inner),
         })
+    }
+
+    /// Whether [`Store::commit`] flushes a snapshot's tree to disk (`syncfs`) before
+    /// recording it. On by default. Turning it off keeps every guarantee against a killed
+    /// process (the kernel keeps the written data) but not against a power loss, which
+    /// could then leave a recorded snapshot with unwritten file contents.
+    pub fn set_sync_snapshots(&self, on: bool) {
+        self.inner
+            .sync_snapshots
+            .store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The root directory (canonical).

@@ -156,7 +156,13 @@ impl Store {
         for b in &meta.blobs {
             super::content::sha256_hex(b)?;
         }
-        fsutil::syncfs(&staging.path).ctx("flush staging directory", &staging.path)?;
+        if self
+            .inner
+            .sync_snapshots
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            fsutil::syncfs(&staging.path).ctx("flush staging directory", &staging.path)?;
+        }
         let (size, entries) =
             fsutil::tree_size(&staging.path).ctx("measure staging directory", &staging.path)?;
         let id = SnapshotId::new_random();

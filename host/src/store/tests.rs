@@ -955,3 +955,67 @@ fn du_counts_everything_and_serializes() {
         "{text}"
     );
 }
+
+#[test]
+fn concurrent_builds_and_prunes_never_lose_a_leased_snapshot() {
+    let t = TempDir::new();
+    let pruner = Store::open(t.path()).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let prune_thread = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut n = 0;
+            while !stop.load(Ordering::SeqCst) {
+                pruner
+                    .prune(PruneOptions {
+                        all: true,
+                        keep_duration: None,
+                    })
+                    .unwrap();
+                n += 1;
+            }
+            n
+        })
+    };
+    let builders: Vec<_> = (0..3)
+        .map(|b| {
+            let root = t.path().to_path_buf();
+            std::thread::spawn(move || {
+                for i in 0..15 {
+                    // Each round is a fresh "process": a new owner with no leases.
+                    let s = Store::open(&root).unwrap();
+                    s.set_sync_snapshots(i % 2 == 0);
+                    let key = format!("sha256:k{}", i % 4);
+                    let _lock = s.lock_key(&key).unwrap();
+                    let content = format!("content of {key}");
+                    let path = match s.load_result(&key).unwrap() {
+                        Some(r) => s
+                            .snapshot_path(&r.snapshot)
+                            .unwrap()
+                            .expect("leased result vanished"),
+                        None => {
+                            let st = s.stage().unwrap();
+                            fs::write(st.path().join("f"), &content).unwrap();
+                            let id = s.commit(st, SnapshotMeta::default()).unwrap();
+                            s.save_result(&key, &id).unwrap();
+                            s.snapshot_path(&id)
+                                .unwrap()
+                                .expect("committed snapshot vanished")
+                        }
+                    };
+                    std::thread::sleep(Duration::from_millis(5));
+                    assert_eq!(
+                        fs::read_to_string(path.join("f")).unwrap(),
+                        content,
+                        "builder {b} round {i}"
+                    );
+                }
+            })
+        })
+        .collect();
+    for b in builders {
+        b.join().unwrap();
+    }
+    stop.store(true, Ordering::SeqCst);
+    assert!(prune_thread.join().unwrap() > 0);
+}
