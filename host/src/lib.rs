@@ -11,6 +11,7 @@ pub mod job;
 pub mod plugins;
 pub mod progress;
 pub mod solver;
+pub mod source_cache;
 pub mod source_manager;
 pub mod store;
 pub mod worker;

@@ -140,6 +140,7 @@ macro_rules! export_plugin {
     // Hidden form: declare another plugin-api version (used by kiln's own tests to
     // build a plugin the host must refuse).
     ($plugin:ty, api_version = $api:expr) => {
+        #[doc(hidden)]
         #[no_mangle]
         #[allow(non_upper_case_globals)]
         pub static kiln_plugin_declaration: $crate::abi::PluginDeclaration =
@@ -171,6 +172,7 @@ macro_rules! export_plugin {
         // What `#[abi_stable::export_root_module]` expands to, written out so that a
         // plugin crate needs no direct dependency on abi_stable. The symbol name is
         // abi_stable's `ROOT_MODULE_LOADER_NAME` (checked by a plugin-api test).
+        #[doc(hidden)]
         #[no_mangle]
         #[allow(non_upper_case_globals)]
         pub static _1as_0lib_1header_0root_bmodule_bloader:

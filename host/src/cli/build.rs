@@ -2,7 +2,11 @@
 
 use std::path::PathBuf;
 
-use super::{CliError, Globals};
+use super::args::{parse_locals, read_secrets};
+use super::{runtime, CliError, Globals};
+use crate::export::OutputSpec;
+use crate::plugins::LoadOptions;
+use crate::solver::{run_build, BuildOptions};
 
 /// Flags of `kiln build`.
 #[derive(clap::Args, Debug)]
@@ -30,6 +34,31 @@ pub struct BuildArgs {
 }
 
 /// Runs a build.
-pub fn run(_g: &Globals, _a: BuildArgs) -> Result<(), CliError> {
-    Err(CliError::failed("kiln build is not wired yet"))
+pub fn run(g: &Globals, a: BuildArgs) -> Result<(), CliError> {
+    let outputs = a
+        .outputs
+        .iter()
+        .map(|o| {
+            o.parse::<OutputSpec>()
+                .map_err(|e| CliError::usage(format!("--output {o:?}: {e}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let opts = BuildOptions {
+        file: a.file,
+        locals: parse_locals(&a.locals)?,
+        secrets: read_secrets(&a.secrets)?,
+        outputs,
+        no_cache: a.no_cache,
+        metadata_file: a.metadata_file,
+        platform: a.platform,
+        progress: g.progress,
+    };
+    let app = g.app(LoadOptions::default())?;
+    runtime()?
+        .block_on(run_build(&app, opts))
+        .map(|_| ())
+        .map_err(|e| CliError {
+            code: e.exit_code(),
+            message: e.to_string(),
+        })
 }

@@ -42,7 +42,7 @@ pub fn run(g: &Globals, cmd: ConfigCommand) -> Result<(), CliError> {
                     .count()
             };
             println!(
-                "{}: ok ({} plugins: {} loaded, {} skipped, {} disabled, {} failed)",
+                "{}: {} plugins: {} loaded, {} skipped, {} disabled, {} failed",
                 config.source,
                 app.plugin_statuses.len(),
                 count(Status::Loaded),
@@ -50,19 +50,28 @@ pub fn run(g: &Globals, cmd: ConfigCommand) -> Result<(), CliError> {
                 count(Status::Disabled),
                 count(Status::Failed)
             );
-            for s in app
+            let failed: Vec<String> = app
                 .plugin_statuses
                 .iter()
                 .filter(|s| s.status == Status::Failed)
-            {
-                println!(
-                    "  {} ({}): {}",
-                    s.id,
-                    s.path.display(),
-                    s.reason.as_deref().unwrap_or("")
-                );
+                .map(|s| {
+                    format!(
+                        "{} ({}): {}",
+                        s.id,
+                        s.path.display(),
+                        s.reason.as_deref().unwrap_or("")
+                    )
+                })
+                .collect();
+            if failed.is_empty() {
+                return Ok(());
             }
-            Ok(())
+            Err(CliError::usage(format!(
+                "{}: {} plugin(s) failed to load: {}",
+                config.source,
+                failed.len(),
+                failed.join("; ")
+            )))
         }
     }
 }

@@ -20,6 +20,7 @@ pub use args::{parse_key_value, parse_secret, SecretSpec};
 use crate::app::AppContext;
 use crate::config::Config;
 use crate::plugins::LoadOptions;
+pub use crate::progress::ProgressMode;
 
 /// A command's failure: the message (one readable paragraph) and the exit code.
 #[derive(Debug)]
@@ -63,21 +64,6 @@ impl From<crate::source_manager::SourceError> for CliError {
     }
 }
 
-/// How progress is shown.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum ProgressMode {
-    /// `tty` on a terminal, else `plain`.
-    Auto,
-    /// A live display.
-    Tty,
-    /// Plain lines.
-    Plain,
-    /// One JSON object per line on stderr.
-    Json,
-    /// Nothing.
-    Quiet,
-}
-
 /// kiln: a BuildKit-style build engine whose sources are plugins.
 #[derive(Parser, Debug)]
 #[command(name = "kiln", version, about, propagate_version = true)]
@@ -93,8 +79,8 @@ pub struct Cli {
     /// Log level: error, warn, info, debug or trace (default: $KILN_LOG, else warn).
     #[arg(long, global = true, value_name = "LEVEL")]
     pub log_level: Option<String>,
-    /// Progress output.
-    #[arg(long, global = true, value_enum, default_value = "auto")]
+    /// Progress output: auto, tty, plain, json or quiet.
+    #[arg(long, global = true, default_value = "auto", value_name = "MODE")]
     pub progress: ProgressMode,
     #[command(subcommand)]
     pub command: Command,
@@ -135,6 +121,12 @@ impl Globals {
     /// Loads the configuration and the plugins.
     pub fn app(&self, opts: LoadOptions) -> Result<AppContext, CliError> {
         let config = Config::load(self.config.as_deref())?;
+        let root = self.root_for(&config);
+        Ok(AppContext::new(config, root, self.max_level, opts)?)
+    }
+
+    /// The root: `--root`, `$KILN_ROOT`, the config's `root`, then the default.
+    pub fn root_for(&self, config: &Config) -> PathBuf {
         let root = self
             .root
             .clone()
@@ -145,8 +137,7 @@ impl Globals {
             })
             .or_else(|| config.root.clone())
             .unwrap_or_else(crate::config::default_root);
-        let root = std::path::absolute(&root).unwrap_or(root);
-        Ok(AppContext::new(config, root, self.max_level, opts)?)
+        std::path::absolute(&root).unwrap_or(root)
     }
 }
 

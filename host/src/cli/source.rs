@@ -8,6 +8,7 @@ use super::{runtime, CliError, Globals};
 use crate::app::AppContext;
 use crate::job::Job;
 use crate::plugins::LoadOptions;
+use crate::source_cache::snapshot_source;
 use crate::source_manager::{CacheMap, SourceOp};
 
 /// The flags `resolve` and `fetch` share.
@@ -162,10 +163,26 @@ async fn fetch(
         }
         return Ok(false);
     }
-    let _ = app;
-    Err(CliError::failed(
-        "fetching cacheable sources is not wired yet",
-    ))
+    let store = app.store().map_err(CliError::failed)?;
+    let snap = snapshot_source(&store, op, maps, job, step).await?;
+    let src = store
+        .snapshot_path(&snap.id)
+        .map_err(|e| CliError::failed(format!("store: {e}")))?
+        .ok_or_else(|| CliError::failed(format!("snapshot {} vanished", snap.id.as_str())))?;
+    let dest = dest.to_path_buf();
+    let cancel = job.cancel.clone();
+    tokio::task::spawn_blocking(move || {
+        std::fs::create_dir_all(&dest)
+            .map_err(|e| format!("cannot create {}: {e}", dest.display()))?;
+        crate::worker::materialize(Some(&src), &dest, Some(&cancel)).map_err(|e| {
+            remove_partial(&dest);
+            format!("cannot write {}: {e}", dest.display())
+        })
+    })
+    .await
+    .map_err(|e| CliError::failed(e.to_string()))?
+    .map_err(CliError::failed)?;
+    Ok(snap.cached)
 }
 
 /// Clears what a failed snapshot left in DEST (which was empty before).

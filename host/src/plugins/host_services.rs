@@ -93,20 +93,35 @@ impl HostServices for Services {
     }
 
     fn state_dir(&self) -> RString {
-        let dir = self.host.root.join("plugins").join(&self.plugin_id);
-        if let Err(e) = std::fs::create_dir_all(&dir) {
-            tracing::warn!(plugin = %self.plugin_id, "cannot create {}: {e}", dir.display());
+        let dir = match self.host.store() {
+            Ok(store) => store
+                .plugin_state_dir(&self.plugin_id)
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e),
+        };
+        match dir {
+            Ok(d) => d.to_string_lossy().into_owned().into(),
+            Err(e) => {
+                // The plugin's own I/O in this directory will fail and say so.
+                tracing::warn!(plugin = %self.plugin_id, "no state directory: {e}");
+                let d = self.host.root.join("plugins").join(&self.plugin_id);
+                d.to_string_lossy().into_owned().into()
+            }
         }
-        dir.to_string_lossy().into_owned().into()
     }
 
     fn blob_path(&self, digest: RStr<'_>) -> ROption<RString> {
-        match self.host.store() {
-            Ok(store) => store
+        let Ok(store) = self.host.store() else {
+            return ROption::RNone;
+        };
+        // Lease first, so that a prune in another process cannot remove the blob
+        // between this answer and the plugin reading it.
+        match store.lease_blob(digest.as_str()) {
+            Ok(true) => store
                 .blob_path(digest.as_str())
                 .map(|p| RString::from(p.to_string_lossy().into_owned()))
                 .into(),
-            Err(_) => ROption::RNone,
+            _ => ROption::RNone,
         }
     }
 
