@@ -2,11 +2,12 @@
 //! (when running as root), mtimes, extended attributes, symlinks (never followed)
 //! and hardlinks (kept as hardlinks within the copied set).
 //!
-//! The walk runs on the calling thread and creates directories as it goes; regular
-//! files, symlinks and FIFOs are then written by `threads` workers (the calling
-//! thread is one of them); hardlinks are linked afterwards, and directory modes and
-//! times are set last, deepest first, so that writing their contents does not
-//! change them again.
+//! The walk runs on the calling thread and creates directories as it goes; it hands
+//! regular files, symlinks and FIFOs in batches to `threads - 1` worker threads,
+//! which write them while the walk goes on, and the calling thread joins them when
+//! the walk is done. Hardlinks are linked afterwards, and directory modes and times
+//! are set last, deepest first, so that writing their contents does not change them
+//! again.
 
 use std::collections::HashMap;
 use std::ffi::CString;
@@ -16,8 +17,8 @@ use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Mutex};
 
 use kiln_plugin_api::patterns::{FilterState, PathFilter};
 
@@ -452,7 +453,8 @@ fn finish_node(env: &Env, src: &Path, dest: &Path, m: &Meta) -> Result<(), CopyE
 /// The walk's output.
 struct Plan {
     dirs: Vec<DirNode>,
-    items: Vec<Item>,
+    /// Entries handed to the workers.
+    items: u64,
     /// `(existing copy, new name)` pairs for hardlinks.
     links: Vec<(PathBuf, PathBuf)>,
     skipped: u64,
@@ -465,6 +467,10 @@ struct Walker<'a> {
     /// First copy of each multiply-linked file, by `(dev, ino)`.
     inodes: HashMap<(u64, u64), PathBuf>,
     seen: u64,
+    /// Entries not yet sent to the workers.
+    batch: Vec<Item>,
+    tx: mpsc::Sender<Vec<Item>>,
+    shared: &'a Shared,
 }
 
 impl Walker<'_> {
@@ -510,8 +516,13 @@ impl Walker<'_> {
             entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
             for (name, entry) in entries {
                 self.seen += 1;
-                if self.seen % 1024 == 0 && (self.opts.cancelled)() {
-                    return Err(CopyError::Cancelled);
+                if self.seen % 256 == 0 {
+                    if self.shared.stop.load(Ordering::Relaxed) {
+                        return Ok(()); // a worker failed; its error is reported
+                    }
+                    if (self.opts.cancelled)() {
+                        return Err(CopyError::Cancelled);
+                    }
                 }
                 let esrc = src.join(&name);
                 let meta = match entry.metadata() {
@@ -578,15 +589,99 @@ impl Walker<'_> {
                         }
                     }
                 }
-                self.plan.items.push(Item {
+                self.plan.items += 1;
+                self.batch.push(Item {
                     kind,
                     src: esrc,
                     dest: edest,
                     meta: Meta::of(&meta),
                 });
+                if self.batch.len() >= BATCH {
+                    self.flush();
+                }
             }
         }
+        self.flush();
         Ok(())
+    }
+
+    /// Hands the pending entries to the workers.
+    fn flush(&mut self) {
+        if !self.batch.is_empty() {
+            let batch = std::mem::replace(&mut self.batch, Vec::with_capacity(BATCH));
+            // The receiver lives until every worker is done; a send cannot fail.
+            let _ = self.tx.send(batch);
+        }
+    }
+}
+
+/// Entries per batch sent from the walk to the workers.
+const BATCH: usize = 32;
+
+/// What the walk and the workers share.
+#[derive(Default)]
+struct Shared {
+    stop: AtomicBool,
+    first_error: Mutex<Option<CopyError>>,
+    bytes: AtomicU64,
+    done: AtomicU64,
+    counts: [AtomicU64; 3],
+}
+
+impl Shared {
+    fn fail(&self, e: CopyError) {
+        let mut slot = self.first_error.lock().unwrap();
+        if slot.is_none() {
+            *slot = Some(e);
+        }
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Takes batches from `rx` until it is closed or the copy stops. The calling
+/// thread's worker (`opts` set) also polls cancellation and reports progress.
+fn work(
+    env: &Env,
+    rx: &Mutex<mpsc::Receiver<Vec<Item>>>,
+    shared: &Shared,
+    opts: Option<&CopyOptions<'_>>,
+) {
+    let mut w = Worker {
+        env,
+        buf: Vec::new(),
+        range_ok: true,
+    };
+    let mut bytes = 0u64;
+    let mut counts = [0u64; 3];
+    while !shared.stop.load(Ordering::Relaxed) {
+        let batch = match rx.lock().unwrap().recv() {
+            Ok(b) => b,
+            Err(_) => break,
+        };
+        if let Some(o) = opts {
+            if (o.cancelled)() {
+                shared.fail(CopyError::Cancelled);
+                break;
+            }
+            (o.progress)(shared.done.load(Ordering::Relaxed), 0);
+        }
+        for item in &batch {
+            match w.run(item) {
+                Ok(n) => {
+                    bytes += n;
+                    counts[item.kind as usize] += 1;
+                }
+                Err(e) => {
+                    shared.fail(e);
+                    break;
+                }
+            }
+        }
+        shared.done.fetch_add(batch.len() as u64, Ordering::Relaxed);
+    }
+    shared.bytes.fetch_add(bytes, Ordering::Relaxed);
+    for (c, n) in shared.counts.iter().zip(counts) {
+        c.fetch_add(n, Ordering::Relaxed);
     }
 }
 
@@ -595,95 +690,49 @@ impl Walker<'_> {
 pub fn copy_tree(src: &Path, dest: &Path, opts: &CopyOptions<'_>) -> Result<CopyStats, CopyError> {
     let env = Env::detect();
     let root_meta = fs::metadata(src).map_err(io_err("read", src))?;
-    let mut walker = Walker {
-        filter: &opts.filter,
-        opts,
-        plan: Plan {
-            dirs: vec![DirNode {
-                src: src.to_path_buf(),
-                dest: dest.to_path_buf(),
-                rel: String::new(),
-                meta: Meta::of(&root_meta),
-                parent: None,
-                created: true,
-                state: FilterState::default(),
-            }],
-            items: Vec::new(),
-            links: Vec::new(),
-            skipped: 0,
-        },
-        inodes: HashMap::new(),
-        seen: 0,
-    };
-    walker.walk()?;
-    let plan = walker.plan;
-    let total = plan.items.len() as u64;
-    (opts.progress)(0, total);
-
-    let next = AtomicUsize::new(0);
-    let stop = AtomicBool::new(false);
-    let first_error: Mutex<Option<CopyError>> = Mutex::new(None);
-    let bytes = AtomicU64::new(0);
-    let counts: [AtomicU64; 3] = Default::default();
-    const CHUNK: usize = 32;
-    let work = |main: bool| {
-        let mut w = Worker {
-            env: &env,
-            buf: Vec::new(),
-            range_ok: true,
+    let shared = Shared::default();
+    let (tx, rx) = mpsc::channel();
+    let rx = Mutex::new(rx);
+    let plan = std::thread::scope(|s| {
+        for _ in 1..opts.threads.max(1) {
+            s.spawn(|| work(&env, &rx, &shared, None));
+        }
+        let mut walker = Walker {
+            filter: &opts.filter,
+            opts,
+            plan: Plan {
+                dirs: vec![DirNode {
+                    src: src.to_path_buf(),
+                    dest: dest.to_path_buf(),
+                    rel: String::new(),
+                    meta: Meta::of(&root_meta),
+                    parent: None,
+                    created: true,
+                    state: FilterState::default(),
+                }],
+                items: 0,
+                links: Vec::new(),
+                skipped: 0,
+            },
+            inodes: HashMap::new(),
+            seen: 0,
+            batch: Vec::with_capacity(BATCH),
+            tx,
+            shared: &shared,
         };
-        let mut local_bytes = 0u64;
-        let mut local_counts = [0u64; 3];
-        'outer: while !stop.load(Ordering::Relaxed) {
-            let start = next.fetch_add(CHUNK, Ordering::Relaxed);
-            if start >= plan.items.len() {
-                break;
-            }
-            if main {
-                if (opts.cancelled)() {
-                    *first_error.lock().unwrap() = Some(CopyError::Cancelled);
-                    stop.store(true, Ordering::Relaxed);
-                    break;
-                }
-                (opts.progress)(start as u64, total);
-            }
-            for item in &plan.items[start..(start + CHUNK).min(plan.items.len())] {
-                match w.run(item) {
-                    Ok(n) => {
-                        local_bytes += n;
-                        local_counts[item.kind as usize] += 1;
-                    }
-                    Err(e) => {
-                        let mut slot = first_error.lock().unwrap();
-                        if slot.is_none() {
-                            *slot = Some(e);
-                        }
-                        stop.store(true, Ordering::Relaxed);
-                        break 'outer;
-                    }
-                }
-            }
+        if let Err(e) = walker.walk() {
+            shared.fail(e);
         }
-        bytes.fetch_add(local_bytes, Ordering::Relaxed);
-        for (c, n) in counts.iter().zip(local_counts) {
-            c.fetch_add(n, Ordering::Relaxed);
-        }
-    };
-    let threads = if plan.items.len() < 2 * CHUNK {
-        1
-    } else {
-        opts.threads.max(1)
-    };
-    std::thread::scope(|s| {
-        for _ in 1..threads {
-            s.spawn(|| work(false));
-        }
-        work(true);
+        let Walker { plan, tx, .. } = walker;
+        drop(tx); // the workers stop when the queue is empty
+        work(&env, &rx, &shared, Some(opts));
+        plan
     });
-    if let Some(e) = first_error.into_inner().unwrap() {
+    if let Some(e) = shared.first_error.into_inner().unwrap() {
         return Err(e);
     }
-    (opts.progress)(total, total);
+    let counts = shared.counts;
+    (opts.progress)(plan.items, plan.items);
 
     for (existing, new) in &plan.links {
         fs::hard_link(existing, new).map_err(io_err("create", new))?;
@@ -700,7 +749,7 @@ pub fn copy_tree(src: &Path, dest: &Path, opts: &CopyOptions<'_>) -> Result<Copy
         symlinks: counts[Kind::Symlink as usize].load(Ordering::Relaxed),
         fifos: counts[Kind::Fifo as usize].load(Ordering::Relaxed),
         skipped: plan.skipped,
-        bytes: bytes.load(Ordering::Relaxed),
+        bytes: shared.bytes.load(Ordering::Relaxed),
     })
 }
 
