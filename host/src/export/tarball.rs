@@ -86,6 +86,21 @@ fn walk<W: Write>(
         h.set_gid(m.gid() as u64);
         h.set_mtime(m.mtime().max(0) as u64);
         h.set_size(0);
+        let xattrs = crate::worker::xattr::list(&path)
+            .map_err(|e| ExportError::io("read extended attributes of", &path, e))?;
+        if !xattrs.is_empty() {
+            let records: Vec<(String, &[u8])> = xattrs
+                .iter()
+                .map(|(n, v)| {
+                    (
+                        format!("SCHILY.xattr.{}", n.to_string_lossy()),
+                        v.as_slice(),
+                    )
+                })
+                .collect();
+            b.append_pax_extensions(records.iter().map(|(k, v)| (k.as_str(), *v)))
+                .map_err(|e| ExportError::io("write tar entry", &path, e))?;
+        }
         let ft = m.file_type();
         if ft.is_dir() {
             h.set_entry_type(tar::EntryType::Directory);

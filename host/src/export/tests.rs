@@ -330,3 +330,81 @@ fn oci_without_base_uses_the_platform_given() {
     let err = export(&tree, &spec, &bad).unwrap_err().to_string();
     assert!(err.starts_with("export: base image config:"), "{err}");
 }
+
+#[test]
+fn tar_export_carries_extended_attributes_through_unpack() {
+    let t = tempfile::tempdir().unwrap();
+    let tree = t.path().join("tree");
+    fs::create_dir(&tree).unwrap();
+    fs::write(tree.join("ping"), "binary").unwrap();
+    let name = std::ffi::CString::new("user.kiln.cap").unwrap();
+    crate::worker::xattr::set(&tree.join("ping"), &name, b"\x01\x02").unwrap();
+    if crate::worker::xattr::list(&tree.join("ping"))
+        .unwrap()
+        .is_empty()
+    {
+        eprintln!("the temp filesystem holds no user xattrs; nothing to check");
+        return;
+    }
+    let archive = t.path().join("t.tar");
+    export(
+        &tree,
+        &OutputSpec::Tar {
+            dest: TarDest::File(archive.clone()),
+        },
+        &Default::default(),
+    )
+    .unwrap();
+    let out = t.path().join("out");
+    fs::create_dir(&out).unwrap();
+    crate::worker::unpack(
+        &archive,
+        "/t.tar",
+        crate::worker::Compression::None,
+        &out,
+        None,
+    )
+    .unwrap();
+    assert_eq!(fs::read(out.join("ping")).unwrap(), b"binary");
+    assert_eq!(
+        crate::worker::xattr::list(&out.join("ping")).unwrap(),
+        vec![(name, b"\x01\x02".to_vec())]
+    );
+}
+
+/// Times the tar exporter against `tar -cf` on many small files (run with `--ignored`).
+#[test]
+#[ignore = "timing; run by hand"]
+fn tar_speed_against_tar() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    for d in 0..100 {
+        let dir = src.join(format!("d{d}"));
+        fs::create_dir_all(&dir).unwrap();
+        for f in 0..50 {
+            fs::write(dir.join(format!("f{f}")), vec![b'x'; 4096]).unwrap();
+        }
+    }
+    let start = std::time::Instant::now();
+    export(
+        &src,
+        &OutputSpec::Tar {
+            dest: TarDest::File(t.path().join("a.tar")),
+        },
+        &Default::default(),
+    )
+    .unwrap();
+    let ours = start.elapsed();
+    let start = std::time::Instant::now();
+    run(Command::new("tar")
+        .arg("-cf")
+        .arg(t.path().join("b.tar"))
+        .arg("-C")
+        .arg(&src)
+        .arg("."));
+    let tar = start.elapsed();
+    eprintln!(
+        "5000 files: tar export {ours:?}, tar -cf {tar:?}, ratio {:.2}",
+        ours.as_secs_f64() / tar.as_secs_f64()
+    );
+}

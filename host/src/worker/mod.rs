@@ -16,6 +16,7 @@ pub mod pattern;
 mod root;
 mod tree;
 mod unpack;
+pub mod xattr;
 
 use std::path::Path;
 use std::sync::atomic::AtomicBool;

@@ -34,6 +34,7 @@ pub struct CopyOptions<'a> {
 }
 
 struct PendingDir {
+    src: Option<PathBuf>,
     dst: PathBuf,
     meta: Metadata,
     created: bool,
@@ -146,6 +147,7 @@ impl<'a> Copier<'a> {
                     .map(|m| m.is_dir())
                     .unwrap_or(false);
             self.pending.push(PendingDir {
+                src: Some(src.to_path_buf()),
                 dst: dst.to_path_buf(),
                 meta: meta.clone(),
                 created: false,
@@ -170,6 +172,7 @@ impl<'a> Copier<'a> {
             let target = fs::read_link(src).ctx("readlink", src)?;
             std::os::unix::fs::symlink(&target, dst).ctx("symlink", dst)?;
             self.set_owner(dst, meta)?;
+            super::xattr::copy(src, dst).ctx("copy extended attributes to", dst)?;
             set_times_nofollow(dst, meta).ctx("set times of", dst)?;
         } else if ft.is_file() {
             if meta.nlink() > 1 {
@@ -239,6 +242,9 @@ impl<'a> Copier<'a> {
             if !keep {
                 self.set_owner(&dst, &meta)?;
                 self.set_mode(&dst, &meta)?;
+                if let Some(src) = self.pending[i].src.clone() {
+                    super::xattr::copy(&src, &dst).ctx("copy extended attributes to", &dst)?;
+                }
             }
             self.pending[i].created = true;
         }
@@ -269,6 +275,8 @@ impl<'a> Copier<'a> {
         let mode = self.opts.mode.unwrap_or(meta.mode() & 0o7777);
         to.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))
             .ctx("chmod", dst)?;
+        // After chown and chmod, which would clear `security.capability`.
+        super::xattr::copy(src, dst).ctx("copy extended attributes to", dst)?;
         to.set_times(file_times(meta)).ctx("set times of", dst)?;
         Ok(())
     }
@@ -458,6 +466,32 @@ mod tests {
         assert_eq!(
             fs::symlink_metadata(dst.join("d")).unwrap().mtime(),
             3_000_000
+        );
+    }
+
+    #[test]
+    fn copy_tree_keeps_extended_attributes() {
+        let t = tempfile::tempdir().unwrap();
+        let src = t.path().join("src");
+        fs::create_dir(&src).unwrap();
+        fs::write(src.join("f"), "x").unwrap();
+        let name = CString::new("user.kiln.test").unwrap();
+        if let Err(e) = crate::worker::xattr::set(&src.join("f"), &name, b"v1") {
+            panic!("setting a user xattr on the temp folder's filesystem: {e}");
+        }
+        if crate::worker::xattr::list(&src.join("f"))
+            .unwrap()
+            .is_empty()
+        {
+            eprintln!("the temp filesystem holds no user xattrs; nothing to check");
+            return;
+        }
+        let dst = t.path().join("dst");
+        fs::create_dir(&dst).unwrap();
+        copy_tree(&src, &dst, None).unwrap();
+        assert_eq!(
+            crate::worker::xattr::list(&dst.join("f")).unwrap(),
+            vec![(name, b"v1".to_vec())]
         );
     }
 

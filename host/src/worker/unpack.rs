@@ -191,6 +191,16 @@ pub fn unpack(
             Some(n) => n.to_owned(),
             None => continue, // the archive's root ("./")
         };
+        let xattrs: Vec<(std::ffi::CString, Vec<u8>)> = match entry.pax_extensions() {
+            Ok(Some(exts)) => exts
+                .filter_map(|x| x.ok())
+                .filter_map(|x| {
+                    let key = x.key().ok()?.strip_prefix("SCHILY.xattr.")?;
+                    Some((std::ffi::CString::new(key).ok()?, x.value_bytes().to_vec()))
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
         let header = entry.header();
         let kind = header.entry_type();
         let mode = header.mode().unwrap_or(0o644) & 0o7777;
@@ -218,7 +228,7 @@ pub fn unpack(
                 fs::set_permissions(&target, fs::Permissions::from_mode(mode))
                     .ctx("chmod", shown_entry())?;
                 chown(&target, uid, gid, is_root, owner.is_some())?;
-                dir_times.push((target, mtime));
+                dir_times.push((target.clone(), mtime));
             }
             tar::EntryType::Regular | tar::EntryType::Continuous => {
                 remove_existing(&target)?;
@@ -295,7 +305,17 @@ pub fn unpack(
             // types (sparse, volume labels) carry nothing to extract.
             _ => tracing::debug!(entry = %shown_entry(), ?kind, "skipping tar entry"),
         }
+        for (name, value) in &xattrs {
+            if fs::symlink_metadata(&target).is_ok() {
+                super::xattr::set(&target, name, value)
+                    .ctx("set extended attribute on", shown_entry())?;
+            }
+        }
     }
+    finish_unpack(dir_times)
+}
+
+fn finish_unpack(dir_times: Vec<(PathBuf, i64)>) -> Result<()> {
     for (dir, mtime) in dir_times.into_iter().rev() {
         set_mtime_nofollow(&dir, (mtime, 0), (mtime, 0)).ctx("set times of", &dir)?;
     }
