@@ -73,7 +73,10 @@ base = "app"
 actions = [{ symlink = { target = "/app/src/main.rs", path = "/app/bin/main" } }]
 [steps.etc]
 base = "scratch"
-actions = [{ mkfile = { path = "/etc/motd", data = "hello\n" } }]
+actions = [
+  { mkdir = { path = "/etc" } },
+  { mkfile = { path = "/etc/motd", data = "hello\n" } },
+]
 [steps.all]
 merge = ["bin", "etc"]
 [output]
