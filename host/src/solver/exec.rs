@@ -122,23 +122,25 @@ struct Hit {
     effective: String,
 }
 
-/// Looks `key` up (leasing the result) and finds the key dependents use.
-async fn lookup(store: &Arc<Store>, key: &str) -> Res<Option<Hit>> {
+/// Looks `key` up (leasing the result, so no prune removes it while this build runs).
+/// With `mapped`, also reads the key dependents use when it differs from `key` (ops
+/// with a content key, multi-index sources).
+async fn lookup(store: &Arc<Store>, key: &str, mapped: bool) -> Res<Option<Hit>> {
     let (store, key) = (store.clone(), key.to_string());
     blocking(move || {
         let Some(r) = store.load_result(&key).map_err(|e| e.to_string())? else {
             return Ok(None);
         };
-        let Some(path) = store
-            .snapshot_path(&r.snapshot)
-            .map_err(|e| e.to_string())?
-        else {
-            return Ok(None);
+        // A loaded result is recorded and leased: its directory is there.
+        let path = store.snapshot_dir(&r.snapshot);
+        let effective = if mapped {
+            store
+                .meta_get(KEY_NS, &key)
+                .map_err(|e| e.to_string())?
+                .unwrap_or(key)
+        } else {
+            key
         };
-        let effective = store
-            .meta_get(KEY_NS, &key)
-            .map_err(|e| e.to_string())?
-            .unwrap_or(key);
         Ok(Some(Hit {
             snapshot: r.snapshot,
             path,
@@ -229,7 +231,7 @@ async fn source(node: &Node, ctx: &Arc<Ctx>, op: SourceOp) -> Res<NodeResult> {
             let key = root_key(&cm.digest, 0);
             // BuildKit's rule: a later index is computed only on a miss of this one.
             if !ctx.no_cache {
-                if let Some(hit) = lookup(&ctx.store, &key).await? {
+                if let Some(hit) = lookup(&ctx.store, &key, true).await? {
                     if !keys.is_empty() {
                         let mut all = keys.clone();
                         all.push(key);
@@ -256,7 +258,7 @@ async fn source(node: &Node, ctx: &Arc<Ctx>, op: SourceOp) -> Res<NodeResult> {
     let strongest = keys.last().cloned().expect("non-empty");
     let _lock = lock(ctx, &strongest).await?;
     if !ctx.no_cache {
-        if let Some(hit) = lookup(&ctx.store, &strongest).await? {
+        if let Some(hit) = lookup(&ctx.store, &strongest, false).await? {
             save(&ctx.store, keys, &hit.snapshot, &hit.effective).await?;
             return Ok(cached(hit, Some((identifier, op.pin()))));
         }
@@ -310,7 +312,7 @@ async fn session_source(
     // Local sources record only their name in metadata, never a pin.
     let source = Some((identifier.clone(), None));
     if !ctx.no_cache {
-        if let Some(hit) = lookup(&ctx.store, &key).await? {
+        if let Some(hit) = lookup(&ctx.store, &key, false).await? {
             ctx.hasher.insert(hit.snapshot.as_str(), tree);
             drop(staging);
             return Ok(cached(hit, source));
@@ -393,14 +395,15 @@ async fn operation(
         })
         .collect();
     let fast = op_key(&digest, &fast_deps);
+    let reads_by_path = def.selectors.iter().any(Option::is_some);
     if !ctx.no_cache {
-        if let Some(hit) = lookup(&ctx.store, &fast).await? {
+        if let Some(hit) = lookup(&ctx.store, &fast, reads_by_path).await? {
             return Ok(cached(hit, None));
         }
     }
 
     // The content key: checksums of the selected paths replace those inputs' keys.
-    let slow = if def.selectors.iter().any(Option::is_some) {
+    let slow = if reads_by_path {
         let mut deps = Vec::with_capacity(inputs.len());
         for (i, r) in inputs.iter().enumerate() {
             deps.push(match &def.selectors[i] {
@@ -417,7 +420,7 @@ async fn operation(
     };
     let effective = slow.clone().unwrap_or_else(|| fast.clone());
     if let (Some(slow), false) = (&slow, ctx.no_cache) {
-        if let Some(hit) = lookup(&ctx.store, slow).await? {
+        if let Some(hit) = lookup(&ctx.store, slow, false).await? {
             save(&ctx.store, vec![fast], &hit.snapshot, &hit.effective).await?;
             return Ok(cached(hit, None));
         }
@@ -425,7 +428,7 @@ async fn operation(
 
     let _lock = lock(ctx, &effective).await?;
     if !ctx.no_cache {
-        if let Some(hit) = lookup(&ctx.store, &effective).await? {
+        if let Some(hit) = lookup(&ctx.store, &effective, false).await? {
             save(&ctx.store, vec![fast], &hit.snapshot, &hit.effective).await?;
             return Ok(cached(hit, None));
         }
