@@ -160,24 +160,28 @@ pub(crate) async fn build_with(
         executed: AtomicUsize::new(0),
     });
 
-    // One task per step; shared nodes make each vertex run once.
+    // One task per step; shared nodes make each vertex run once. The first failure
+    // cancels the rest and is the one reported.
+    let first_failure: Arc<std::sync::Mutex<Option<Arc<graph::Failure>>>> = Default::default();
     let tasks: Vec<_> = graph
         .steps
         .iter()
         .map(|(name, node)| {
             let (name, node, ectx, progress) =
                 (name.clone(), node.clone(), ectx.clone(), progress.clone());
+            let first_failure = first_failure.clone();
             tokio::spawn(async move {
-                let out = exec::solve(node, ectx).await;
-                if let Ok(r) = &out {
-                    progress.step(
-                        &name,
-                        if r.cached {
-                            StepEvent::Cached
-                        } else {
-                            StepEvent::Done
-                        },
-                    );
+                let out = exec::solve(node, ectx.clone()).await;
+                match &out {
+                    Ok(r) if r.cached => progress.step(&name, StepEvent::Cached),
+                    Ok(_) => progress.step(&name, StepEvent::Done),
+                    Err(f) => {
+                        first_failure
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .get_or_insert_with(|| f.clone());
+                        ectx.job.cancel.store(true, Ordering::Relaxed);
+                    }
                 }
                 (name, out)
             })
@@ -190,13 +194,7 @@ pub(crate) async fn build_with(
             Ok((name, Ok(r))) => {
                 results.insert(name, r);
             }
-            Ok((_, Err(f))) => {
-                job.cancel.store(true, Ordering::Relaxed);
-                failure.get_or_insert(BuildError::Step {
-                    step: f.step.clone(),
-                    message: f.message.clone(),
-                });
-            }
+            Ok((_, Err(_))) => {}
             Err(e) => {
                 job.cancel.store(true, Ordering::Relaxed);
                 failure.get_or_insert(BuildError::Failed(format!(
@@ -204,6 +202,16 @@ pub(crate) async fn build_with(
                 )));
             }
         }
+    }
+    if let Some(f) = first_failure
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take()
+    {
+        failure = Some(BuildError::Step {
+            step: f.step.clone(),
+            message: f.message.clone(),
+        });
     }
     if let Some(f) = failure {
         progress.finish();
