@@ -160,12 +160,14 @@ async fn save(
     let (store, snapshot, effective) = (store.clone(), snapshot.clone(), effective.to_string());
     blocking(move || {
         for k in &keys {
-            store.save_result(k, &snapshot).map_err(|e| e.to_string())?;
+            // The mapping first: a result is never findable without it, even after a
+            // kill between the two writes.
             if *k != effective {
                 store
                     .meta_set(KEY_NS, k, &effective)
                     .map_err(|e| e.to_string())?;
             }
+            store.save_result(k, &snapshot).map_err(|e| e.to_string())?;
         }
         Ok(())
     })
