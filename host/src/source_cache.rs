@@ -14,9 +14,9 @@ use crate::source_manager::{CacheMap, SourceError, SourceOp};
 use crate::store::{root_key, SnapshotId, SnapshotMeta, Store};
 
 /// The metadata key under which a source snapshot records its pin.
-pub const META_PIN: &str = "source.pin";
+pub const META_PIN: &str = "kiln.source.pin";
 /// The metadata key under which a source snapshot records its canonical identifier.
-pub const META_IDENTIFIER: &str = "source.identifier";
+pub const META_IDENTIFIER: &str = "kiln.source.identifier";
 
 /// A source result in the store.
 #[derive(Clone, Debug)]

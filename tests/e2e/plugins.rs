@@ -476,3 +476,128 @@ fn identifiers_without_or_with_an_unknown_scheme_are_usage_errors() {
     );
     assert!(!run.stderr.contains("hunter2"), "{}", run.stderr);
 }
+
+#[test]
+fn the_config_is_found_by_the_lookup_order() {
+    let env = Env::new();
+    let so = plugin_file(TESTSRC);
+    let text = format!(
+        "version = 1\n[plugins.\"io.kiln.test.v1.testsrc\"]\npath = {:?}\n",
+        so.display().to_string()
+    );
+    let ids = |run: kiln_tests::Run| -> Vec<String> {
+        run.success();
+        run.json()
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    // $XDG_CONFIG_HOME/kiln/kiln.toml beats the built-in default.
+    env.write("xdg-config/kiln/kiln.toml", &text);
+    let got = ids(env.kiln(["plugins", "list", "--json"]));
+    assert_eq!(got, ["io.kiln.test.v1.testsrc"]);
+    // $KILN_CONFIG beats XDG.
+    let other = env.write("other.toml", "version = 1\n");
+    let run: kiln_tests::Run = env
+        .command()
+        .env("KILN_CONFIG", &other)
+        .args(["plugins", "list", "--json"])
+        .output()
+        .unwrap()
+        .into();
+    assert!(ids(run).is_empty());
+    // --config beats $KILN_CONFIG.
+    let run: kiln_tests::Run = env
+        .command()
+        .env("KILN_CONFIG", &other)
+        .arg("--config")
+        .arg(env.path("xdg-config/kiln/kiln.toml"))
+        .args(["plugins", "list", "--json"])
+        .output()
+        .unwrap()
+        .into();
+    assert_eq!(ids(run), ["io.kiln.test.v1.testsrc"]);
+}
+
+#[test]
+fn disabled_plugins_are_listed_but_not_loaded() {
+    let env = Env::new();
+    let config = testsrc_config(&env, &plugin_file(TESTSRC), "");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let config = env.write(
+        "kiln.toml",
+        text.replace(
+            "version = 1\n",
+            "version = 1\ndisabled_plugins = [\"io.kiln.test.v1.testsrc\"]\n",
+        ),
+    );
+    let rows = list(&env, &config);
+    assert_eq!(rows[0]["status"], "disabled", "{rows:?}");
+    let run = env.kiln([
+        "--config".as_ref(),
+        config.as_os_str(),
+        "source".as_ref(),
+        "resolve".as_ref(),
+        "testsrc://ok/a".as_ref(),
+    ]);
+    run.expect_code(2);
+}
+
+#[test]
+fn a_plugin_that_cannot_run_here_is_skipped_and_fatal_only_when_required() {
+    // The git plugin needs the `git` program: without it on PATH it asks to be skipped.
+    let env = Env::new();
+    let run: kiln_tests::Run = env
+        .command()
+        .env("PATH", "/nonexistent")
+        .args(["plugins", "list", "--json"])
+        .output()
+        .unwrap()
+        .into();
+    run.success();
+    let rows = run.json();
+    let git = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == "io.kiln.source.v1.git")
+        .unwrap()
+        .clone();
+    assert_eq!(git["status"], "skipped", "{git}");
+    assert!(git["reason"].as_str().unwrap().contains("git"), "{git}");
+
+    let default = env.kiln(["config", "default"]).stdout;
+    let config = env.write(
+        "kiln.toml",
+        default
+            .replace(
+                "required_plugins = []",
+                "required_plugins = [\"io.kiln.source.v1.git\"]",
+            )
+            .replace(
+                "path = \"libkiln_source_",
+                &format!(
+                    "path = \"{}/libkiln_source_",
+                    kiln_tests::target_dir().display()
+                ),
+            ),
+    );
+    let run: kiln_tests::Run = env
+        .command()
+        .env("PATH", "/nonexistent")
+        .arg("--config")
+        .arg(&config)
+        .args(["plugins", "list"])
+        .output()
+        .unwrap()
+        .into();
+    run.expect_code(2);
+    assert!(
+        run.stderr
+            .contains("required plugin \"io.kiln.source.v1.git\""),
+        "{}",
+        run.stderr
+    );
+}

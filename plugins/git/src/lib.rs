@@ -15,8 +15,7 @@ pub mod identifier;
 pub mod url;
 
 use std::ffi::OsStr;
-use std::path::Path;
-use std::process::{Command, Stdio};
+use std::path::{Path, PathBuf};
 
 use kiln_plugin_api::{
     export_plugin, parse_config, CacheKey, Capabilities, Host, Job, Plugin, PluginError,
@@ -38,34 +37,32 @@ pub struct GitConfig {}
 
 /// The git source.
 pub struct GitSource {
-    /// The `git --version` line found at start-up.
-    pub git_version: String,
+    /// The `git` program found on `PATH` at start-up.
+    pub git: PathBuf,
     #[allow(dead_code)]
     config: GitConfig,
 }
 
-/// Runs `git --version` once (with `PATH` replaced by `path` when given) and returns its
-/// output line, or a `skip` error saying what to install.
-pub fn find_git(path: Option<&OsStr>) -> Result<String> {
-    let mut cmd = Command::new("git");
-    cmd.arg("--version")
-        .stdin(Stdio::null())
-        .stderr(Stdio::null());
-    if let Some(p) = path {
-        cmd.env("PATH", p);
-    }
-    match cmd.output() {
-        Ok(out) if out.status.success() => {
-            Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-        }
-        Ok(out) => Err(PluginError::skip(format!(
-            "git not usable: `git --version` exited with {}; git sources are unavailable",
-            out.status
-        ))),
-        Err(e) => Err(PluginError::skip(format!(
-            "git not found on PATH ({e}); install git (e.g. `apt-get install git`) to use git sources"
-        ))),
-    }
+/// Finds the `git` program on `PATH` (or on `path` when given) without running it, so
+/// that loading the plugin costs no process start; returns its path, or a `skip` error
+/// saying what to install.
+pub fn find_git(path: Option<&OsStr>) -> Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = path
+        .map(OsStr::to_os_string)
+        .or_else(|| std::env::var_os("PATH"))
+        .unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|dir| dir.join("git"))
+        .find(|p| {
+            p.metadata()
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+        .ok_or_else(|| {
+            PluginError::skip(
+                "git not found on PATH; install git (e.g. `apt-get install git`) to use git sources",
+            )
+        })
 }
 
 impl Source for GitSource {
@@ -128,12 +125,9 @@ impl Plugin for GitSource {
 
     fn new(config: &str, _host: Host) -> Result<Self> {
         let config: GitConfig = parse_config(config)?;
-        let git_version = find_git(None)?;
-        tracing::debug!(version = %git_version, "git source ready");
-        Ok(Self {
-            git_version,
-            config,
-        })
+        let git = find_git(None)?;
+        tracing::debug!(git = %git.display(), "git source ready");
+        Ok(Self { git, config })
     }
 }
 
@@ -214,9 +208,9 @@ mod tests {
 
     #[test]
     fn git_detection() {
-        let v =
+        let git =
             find_git(None).expect("this test needs git on PATH: install git (apt-get install git)");
-        assert!(v.starts_with("git version "), "{v}");
+        assert!(git.ends_with("git"), "{}", git.display());
         let e = find_git(Some(OsStr::new("/nonexistent-kiln-test-dir"))).unwrap_err();
         assert_eq!(e.code, ErrorCode::SKIP);
         assert!(
