@@ -104,7 +104,10 @@ pub fn resolve_wildcards(root: &Root, pattern: &str) -> Result<Vec<PathBuf>> {
     for comp in &comps[first..] {
         let mut next = Vec::new();
         for dir in &found {
-            let host = root.resolve(dir, true)?;
+            // Matches are returned under the resolved folder, so joining them to the
+            // root never walks through a link.
+            let dir = &root.resolve_rel(dir, true)?;
+            let host = root.path().join(dir);
             let entries = match fs::read_dir(&host) {
                 Ok(e) => e,
                 Err(e)
@@ -201,11 +204,20 @@ fn copy(c: &Copy, src_root: &Root, dst_root: &Root, cancel: Option<&AtomicBool>)
             }
             Err(e) => return Err(WorkerError::io("stat", shown, e)),
         };
-        if c.unpack && src_meta.is_file() {
-            if let Some(comp) = unpack::detect(&src_host).ctx("read", &shown)? {
+        // Like ADD, an archive named through a symlink is still an archive.
+        let archive = if c.unpack && !src_meta.is_dir() {
+            let followed = src_root.resolve(&s, true)?;
+            fs::symlink_metadata(&followed)
+                .is_ok_and(|m| m.is_file())
+                .then_some(followed)
+        } else {
+            None
+        };
+        if let Some(archive) = archive {
+            if let Some(comp) = unpack::detect(&archive).ctx("read", &shown)? {
                 let dest = dst_root.resolve(&dest_rel, true)?;
                 mkdir_all(dst_root.path(), &dest, owner)?;
-                unpack::unpack(&src_host, &shown, comp, &dest, owner)?;
+                unpack::unpack(&archive, &shown, comp, &dest, owner)?;
                 continue;
             }
         }
@@ -315,6 +327,7 @@ fn rm(r: &Rm, root: &Root) -> Result<()> {
     };
     let mut removed = false;
     for rel in targets {
+        let rel = root.resolve_rel(&rel, false)?;
         let host = root.path().join(&rel);
         if rel.as_os_str().is_empty() {
             // `rm /`: empty the tree, never remove the staging folder itself.

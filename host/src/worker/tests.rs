@@ -254,6 +254,43 @@ fn symlinks_to_the_host_resolve_inside_the_tree() {
         .run(r#"{ copy = { from = "ctx", src = "etcdir/passwd", dest = "/p" } }"#)
         .unwrap_err();
     assert!(err.to_string().contains("not found"), "{err}");
+    // Wildcards through a link match and remove inside the tree.
+    fs::write(e.host.join("victim.txt"), "keep").unwrap();
+    e.run(r#"{ mkfile = { path = "/hostlink/victim.txt", data = "in tree" } }"#)
+        .unwrap();
+    // The wildcard matches the link itself, then a name below it: still inside.
+    e.run(r#"{ rm = { path = "/host*/victim.txt", allow_wildcard = true } }"#)
+        .unwrap();
+    assert_eq!(
+        fs::read_to_string(e.host.join("victim.txt")).unwrap(),
+        "keep"
+    );
+    e.run(r#"{ mkfile = { path = "/hostlink/victim.txt", data = "in tree" } }"#)
+        .unwrap();
+    e.run(r#"{ rm = { path = "/hostlink/*.txt", allow_wildcard = true } }"#)
+        .unwrap();
+    assert!(e
+        .target
+        .join(e.host.strip_prefix("/").unwrap())
+        .join("passwd")
+        .exists());
+    assert_eq!(
+        fs::read_to_string(e.host.join("victim.txt")).unwrap(),
+        "keep"
+    );
+    let err = e
+        .run(r#"{ rm = { path = "/hostlink/*.txt", allow_wildcard = true } }"#)
+        .unwrap_err();
+    assert!(err.to_string().contains("not found"), "{err}");
+    symlink(&e.host, e.ctx().join("hostdir")).unwrap();
+    let err = e
+        .run(r#"{ copy = { from = "ctx", src = "/hostdir/*.txt", dest = "/stolen/" } }"#)
+        .unwrap_err();
+    assert!(err.to_string().contains("no source matches"), "{err}");
+    let err = e
+        .run(r#"{ copy = { from = "ctx", src = "/host*/victim.txt", dest = "/stolen/" } }"#)
+        .unwrap_err();
+    assert!(err.to_string().contains("no source matches"), "{err}");
     // rm through a link removes inside the tree.
     e.run(r#"{ rm = { path = "/hostlink/passwd" } }"#).unwrap();
     assert_eq!(
@@ -411,6 +448,17 @@ fn unpack_every_compression() {
             fs::metadata(e.target.join("out/d/h")).unwrap().ino()
         );
     }
+    // An archive named through a symlink is unpacked too.
+    let e = env();
+    make_tar(
+        &e.ctx().join("a.tgz"),
+        &[("f", tar::EntryType::Regular, "via link")],
+        "gz",
+    );
+    symlink("a.tgz", e.ctx().join("latest.tgz")).unwrap();
+    e.run(r#"{ copy = { from = "ctx", src = "latest.tgz", dest = "/out", unpack = true } }"#)
+        .unwrap();
+    assert_eq!(e.read("out/f"), "via link");
     // Not an archive: copied as it is, even with unpack.
     let e = env();
     e.run(r#"{ copy = { from = "ctx", src = "top.txt", dest = "/out/", unpack = true } }"#)
