@@ -144,9 +144,14 @@ impl Config {
         }
         let mut plugins = Vec::new();
         for (id, p) in raw.plugins {
-            if id.is_empty() || id.contains(char::is_whitespace) {
+            let plain = !id.is_empty()
+                && !id.starts_with('.')
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'));
+            if !plain {
                 return Err(ConfigError::new(format!(
-                    "{source}: invalid plugin id {id:?}"
+                    "{source}: invalid plugin id {id:?} (use letters, digits, '.', '-' and '_', e.g. io.example.source.v1.name)"
                 )));
             }
             let sha256 = match p.sha256 {
@@ -350,6 +355,16 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("64 hex digits"), "{e}");
+    }
+
+    #[test]
+    fn plugin_ids_are_plain_names() {
+        for bad in ["../x", ".hidden", "a/b", "a b", ""] {
+            let e = parse(&format!("version = 1\n[plugins.{bad:?}]\npath = \"p\"\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("invalid plugin id"), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -93,13 +93,8 @@ impl HostServices for Services {
     }
 
     fn state_dir(&self) -> RString {
-        let dir = match self.host.store() {
-            Ok(store) => store
-                .plugin_state_dir(&self.plugin_id)
-                .map_err(|e| e.to_string()),
-            Err(e) => Err(e),
-        };
-        match dir {
+        // Computed without opening the store: plugins ask for it at start-up.
+        match Store::plugin_state_dir_in(&self.host.root, &self.plugin_id) {
             Ok(d) => d.to_string_lossy().into_owned().into(),
             Err(e) => {
                 // The plugin's own I/O in this directory will fail and say so.

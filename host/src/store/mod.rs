@@ -186,8 +186,14 @@ impl Store {
     /// `id` must be a plain name: ASCII letters, digits, `.`, `-`, `_`, not starting
     /// with `.`.
     pub fn plugin_state_dir(&self, id: &str) -> Result<PathBuf, StoreError> {
+        Self::plugin_state_dir_in(&self.inner.root, id)
+    }
+
+    /// [`Store::plugin_state_dir`] for the root `root`, without opening the store (the
+    /// plugin host hands state directories out at start-up, when no store is needed).
+    pub fn plugin_state_dir_in(root: &Path, id: &str) -> Result<PathBuf, StoreError> {
         check_plain_name("plugin id", id)?;
-        let p = self.inner.root.join("plugins").join(id);
+        let p = root.join("plugins").join(id);
         fs::create_dir_all(&p).ctx("create plugin state directory", &p)?;
         Ok(p)
     }

@@ -33,7 +33,6 @@ use kiln_plugin_api::{
 use crate::config::Config;
 use crate::fetch::Semaphore;
 use crate::ident::HttpIdentifier;
-use crate::index::EtagIndex;
 use crate::step::{HttpStep, Memo, Shared};
 
 /// The plugin's id.
@@ -72,14 +71,13 @@ impl Plugin for HttpSource {
     fn new(config: &str, host: Host) -> Result<Self> {
         let cfg = Config::parse(config)?;
         let agent = cfg.agent()?;
-        let index = EtagIndex::new(&host.state_dir());
         let slots = Semaphore::new(cfg.max_concurrent_downloads);
         Ok(HttpSource {
             shared: Arc::new(Shared {
                 cfg,
                 agent,
                 host,
-                index,
+                index: Default::default(),
                 slots,
                 memo: Memo::default(),
             }),

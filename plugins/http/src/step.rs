@@ -68,12 +68,20 @@ pub struct Shared {
     pub agent: ureq::Agent,
     /// Host services.
     pub host: Host,
-    /// The ETag index.
-    pub index: EtagIndex,
+    /// The ETag index, opened on first use (loading the plugin touches no disk).
+    pub index: std::sync::OnceLock<EtagIndex>,
     /// Download slots.
     pub slots: Semaphore,
     /// Per-build resolutions.
     pub memo: Memo,
+}
+
+impl Shared {
+    /// The ETag index in the plugin's state directory.
+    pub fn index(&self) -> &EtagIndex {
+        self.index
+            .get_or_init(|| EtagIndex::new(&self.host.state_dir()))
+    }
 }
 
 /// One `http(s)://` step.
@@ -139,9 +147,9 @@ impl HttpStep {
         let s = &self.shared;
         let id = &self.id;
         let auth = client::authorization(id, job)?;
-        let _lock = s.index.lock(&self.url_hash, job)?;
+        let _lock = s.index().lock(&self.url_hash, job)?;
         let candidates: Vec<(Entry, PathBuf)> = s
-            .index
+            .index()
             .load(&self.url_hash)
             .into_iter()
             .filter_map(|e| s.host.blob_path(&e.digest).map(|p| (e, p)))
@@ -218,7 +226,7 @@ impl HttpStep {
                 digest: fetched.digest.clone(),
                 last_modified: fetched.last_modified.clone(),
             };
-            if let Err(e) = s.index.add(&self.url_hash, entry) {
+            if let Err(e) = s.index().add(&self.url_hash, entry) {
                 tracing::warn!("{id}: could not record the ETag: {e}");
             }
         }
@@ -244,7 +252,7 @@ impl HttpStep {
             return Ok((p, r.last_modified.clone()));
         }
         let auth = client::authorization(&self.id, job)?;
-        let _lock = s.index.lock(&self.url_hash, job)?;
+        let _lock = s.index().lock(&self.url_hash, job)?;
         // Another process may have fetched it while this one waited for the lock.
         if let Some(p) = s.host.blob_path(&r.digest) {
             return Ok((p, r.last_modified.clone()));
@@ -257,7 +265,7 @@ impl HttpStep {
                         digest: f.digest.clone(),
                         last_modified: f.last_modified.clone(),
                     };
-                    if let Err(e) = s.index.add(&self.url_hash, entry) {
+                    if let Err(e) = s.index().add(&self.url_hash, entry) {
                         tracing::warn!("{}: could not record the ETag: {e}", self.id);
                     }
                 }
@@ -272,7 +280,7 @@ impl HttpStep {
 
     fn last_modified_for_checksum(&self, digest: &str) -> Option<String> {
         self.shared
-            .index
+            .index()
             .load(&self.url_hash)
             .into_iter()
             .find(|e| e.digest == digest)
