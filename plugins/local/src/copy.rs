@@ -116,6 +116,9 @@ struct Item {
     src: PathBuf,
     dest: PathBuf,
     meta: Meta,
+    /// The size seen by the walk: what is copied (a file growing meanwhile is cut
+    /// there, consistent with the mtime copied).
+    size: u64,
 }
 
 /// A directory met by the walk.
@@ -350,11 +353,12 @@ impl Worker<'_> {
         Ok(bytes)
     }
 
-    /// Copies the bytes, with `copy_file_range` when the filesystems allow it.
+    /// Copies up to `item.size` bytes, with `copy_file_range` when the filesystems
+    /// allow it.
     fn contents(&mut self, mut src: &File, mut dst: &File, item: &Item) -> Result<u64, CopyError> {
         let mut total = 0u64;
         if self.range_ok {
-            loop {
+            while total < item.size {
                 // SAFETY: both descriptors are open; null offsets use the file positions.
                 let n = unsafe {
                     libc::copy_file_range(
@@ -362,7 +366,7 @@ impl Worker<'_> {
                         std::ptr::null_mut(),
                         dst.as_raw_fd(),
                         std::ptr::null_mut(),
-                        1 << 30,
+                        (item.size - total).min(1 << 30) as usize,
                         0,
                     )
                 };
@@ -392,12 +396,16 @@ impl Worker<'_> {
                     _ => return Err(io_err("read", &item.src)(e)),
                 }
             }
+            if self.range_ok {
+                return Ok(total);
+            }
         }
         if self.buf.is_empty() {
             self.buf = vec![0; 128 * 1024];
         }
-        loop {
-            let n = match src.read(&mut self.buf) {
+        while total < item.size {
+            let want = (item.size - total).min(self.buf.len() as u64) as usize;
+            let n = match src.read(&mut self.buf[..want]) {
                 Ok(0) => return Ok(total),
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -407,6 +415,7 @@ impl Worker<'_> {
                 .map_err(io_err("write", &item.dest))?;
             total += n as u64;
         }
+        Ok(total)
     }
 
     fn symlink(&mut self, item: &Item) -> Result<(), CopyError> {
@@ -595,6 +604,7 @@ impl Walker<'_> {
                     src: esrc,
                     dest: edest,
                     meta: Meta::of(&meta),
+                    size: meta.len(),
                 });
                 if self.batch.len() >= BATCH {
                     self.flush();

@@ -558,3 +558,28 @@ fn compare_with_cp() {
         ours[2] / cp[2]
     );
 }
+
+#[test]
+fn read_write_fallback_copies_the_same_bytes() {
+    let src = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    fs::write(src.path().join("f"), &data).unwrap();
+    let meta = fs::metadata(src.path().join("f")).unwrap();
+    let env = Env::detect();
+    let mut w = Worker {
+        env: &env,
+        buf: Vec::new(),
+        range_ok: false,
+    };
+    let item = Item {
+        kind: Kind::File,
+        src: src.path().join("f"),
+        dest: out.path().join("f"),
+        meta: Meta::of(&meta),
+        size: meta.len(),
+    };
+    assert_eq!(w.run(&item).unwrap(), data.len() as u64);
+    assert_eq!(fs::read(out.path().join("f")).unwrap(), data);
+    assert_eq!(listing(src.path()), listing(out.path()));
+}
