@@ -127,6 +127,8 @@ struct Hit {
 /// with a content key, multi-index sources).
 async fn lookup(store: &Arc<Store>, key: &str, mapped: bool) -> Res<Option<Hit>> {
     let (store, key) = (store.clone(), key.to_string());
+    // The index is one SQLite connection: more threads waiting on it only add churn.
+    let _permit = index_permit().await;
     blocking(move || {
         let Some(r) = store.load_result(&key).map_err(|e| e.to_string())? else {
             return Ok(None);
@@ -148,6 +150,15 @@ async fn lookup(store: &Arc<Store>, key: &str, mapped: bool) -> Res<Option<Hit>>
         }))
     })
     .await
+}
+
+/// A permit to call the cache index from the blocking pool.
+async fn index_permit() -> tokio::sync::SemaphorePermit<'static> {
+    static PERMITS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+    PERMITS
+        .acquire()
+        .await
+        .expect("the semaphore is never closed")
 }
 
 /// Saves `snapshot` under every key in `keys` and records `effective` for each.
