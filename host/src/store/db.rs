@@ -106,9 +106,20 @@ pub(crate) fn open(path: &Path) -> Result<Connection, StoreError> {
         .map_err(err("set busy timeout"))?;
     // journal_mode=WAL is persistent; switching needs a moment of exclusivity, which the
     // busy handler waits for.
-    let mode: String = conn
-        .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
-        .map_err(err("enable WAL"))?;
+    // SQLite answers SQLITE_BUSY here without calling the busy handler while another
+    // process converts a fresh database at the same moment, so retry by hand.
+    let started = std::time::Instant::now();
+    let mode: String = loop {
+        match conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0)) {
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::DatabaseBusy
+                    && started.elapsed() < BUSY_TIMEOUT =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            r => break r.map_err(err("enable WAL"))?,
+        }
+    };
     if !mode.eq_ignore_ascii_case("wal") {
         return Err(StoreError::NoWal {
             path: path.to_path_buf(),

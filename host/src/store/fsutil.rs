@@ -130,9 +130,19 @@ pub(crate) fn mtime_secs(meta: &fs::Metadata) -> i64 {
         .unwrap_or(0)
 }
 
-/// Sets the modification time of `path` to now (blobs record their last use this way).
+/// Access time of `path` in seconds since the epoch (0 when unknown).
+pub(crate) fn atime_secs(meta: &fs::Metadata) -> i64 {
+    meta.accessed()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Sets the access time of `path` to now: blobs record their last use this way. Only
+/// the access time: a snapshot may share a blob's inode (the http source links its
+/// file to the blob), and a snapshot's modification times never change.
 pub(crate) fn touch(path: &Path) -> io::Result<()> {
     let f = File::open(path)?;
-    let now = std::time::SystemTime::now();
-    f.set_modified(now)
+    f.set_times(fs::FileTimes::new().set_accessed(std::time::SystemTime::now()))
 }

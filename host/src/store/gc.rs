@@ -500,7 +500,8 @@ impl Store {
             if opts.all || keep.is_some() {
                 for (name, path, meta) in list_dir(&root.join("content/blobs/sha256"))? {
                     let digest = format!("sha256:{name}");
-                    if keep_blobs.contains(&digest) || !expired(fsutil::mtime_secs(&meta)) {
+                    let last_used = fsutil::atime_secs(&meta).max(fsutil::mtime_secs(&meta));
+                    if keep_blobs.contains(&digest) || !expired(last_used) {
                         continue;
                     }
                     fs::remove_file(&path).ctx("remove blob", &path)?;

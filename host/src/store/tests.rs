@@ -827,8 +827,13 @@ fn prune_keep_duration_removes_only_old_unleased_items() {
         )
         .unwrap();
     let f = fs::File::open(&loose.path).unwrap();
-    f.set_modified(std::time::SystemTime::now() - Duration::from_secs(7 * 24 * 3600))
-        .unwrap();
+    let week_ago_t = std::time::SystemTime::now() - Duration::from_secs(7 * 24 * 3600);
+    f.set_times(
+        fs::FileTimes::new()
+            .set_accessed(week_ago_t)
+            .set_modified(week_ago_t),
+    )
+    .unwrap();
 
     let r = s
         .prune(PruneOptions {

@@ -300,7 +300,27 @@ fn mtime(last_modified: Option<&str>) -> SystemTime {
         .unwrap_or(UNIX_EPOCH + Duration::ZERO)
 }
 
-/// Copies `blob` to `dest/name` with `mode`, owner and mtime (in-kernel copy).
+/// Links `blob` as `target` when no other file shares the blob's inode yet, so that the
+/// snapshot's file *is* the committed blob and the bytes hit the disk once. Returns
+/// false (leaving nothing behind) when the link is impossible or shared; a concurrent
+/// linker is detected by the link count and falls back to a copy.
+fn link_unshared_blob(blob: &Path, target: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    if std::fs::hard_link(blob, target).is_err() {
+        return false;
+    }
+    match std::fs::symlink_metadata(target) {
+        Ok(m) if m.nlink() == 2 => true,
+        _ => {
+            let _ = std::fs::remove_file(target);
+            false
+        }
+    }
+}
+
+/// Writes `dest/name` with the content of `blob` and `mode`, owner and mtime: a hard
+/// link to the blob when no snapshot shares it yet (the blob is immutable content;
+/// its mode and times are the snapshot's), else an in-kernel copy.
 pub fn write_file(
     blob: &Path,
     dest: &Path,
@@ -314,16 +334,25 @@ pub fn write_file(
     let ctx = |what: &str, e: std::io::Error| {
         PluginError::internal(format!("{what} {}: {e}", target.display()))
     };
-    let mut src = File::open(blob)
-        .map_err(|e| PluginError::internal(format!("opening blob {}: {e}", blob.display())))?;
-    let mut out = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(&target)
-        .map_err(|e| ctx("creating", e))?;
-    std::io::copy(&mut src, &mut out).map_err(|e| ctx("writing", e))?;
+    let out = if link_unshared_blob(blob, &target) {
+        OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&target)
+            .map_err(|e| ctx("opening", e))?
+    } else {
+        let mut src = File::open(blob)
+            .map_err(|e| PluginError::internal(format!("opening blob {}: {e}", blob.display())))?;
+        let mut out = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&target)
+            .map_err(|e| ctx("creating", e))?;
+        std::io::copy(&mut src, &mut out).map_err(|e| ctx("writing", e))?;
+        out
+    };
     out.set_permissions(std::fs::Permissions::from_mode(mode))
         .map_err(|e| ctx("chmod", e))?;
     if uid != 0 || gid != 0 {
@@ -411,5 +440,19 @@ mod tests {
         assert_eq!(mtime(None), UNIX_EPOCH);
         // never overwrites or follows what is there
         assert!(write_file(&blob, &dest, "foo", 0o600, 0, 0, t).is_err());
+
+        // The first snapshot of a blob is the blob (one write to disk); a second one
+        // with other metadata is a copy, and the first keeps its mode and time.
+        let blob_md = std::fs::metadata(&blob).unwrap();
+        assert_eq!(md.ino(), blob_md.ino());
+        let dest2 = dir.path().join("stage2");
+        std::fs::create_dir(&dest2).unwrap();
+        write_file(&blob, &dest2, "foo", 0o600, 0, 0, mtime(None)).unwrap();
+        let md2 = std::fs::metadata(dest2.join("foo")).unwrap();
+        assert_ne!(md2.ino(), md.ino());
+        assert_eq!(md2.mode() & 0o7777, 0o600);
+        assert_eq!(std::fs::read(dest2.join("foo")).unwrap(), b"content1");
+        let md = std::fs::metadata(dest.join("foo")).unwrap();
+        assert_eq!((md.mode() & 0o7777, md.mtime()), (0o640, 784111777));
     }
 }
