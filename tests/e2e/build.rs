@@ -466,3 +466,80 @@ fn every_bad_definition_exits_2_naming_the_step() {
         assert!(!r.stderr.contains("panicked"), "{}", r.stderr);
     }
 }
+
+/// The OCI archive of a build from a local context is accepted by `skopeo inspect` and
+/// unpacked by `umoci unpack` to the same files as `--output type=local`.
+#[test]
+fn the_oci_archive_matches_the_local_output() {
+    kiln_tests::require_program("skopeo", "skopeo");
+    kiln_tests::require_program("umoci", "umoci");
+    kiln_tests::require_program("tar", "tar");
+    let env = Env::new();
+    let def = project(&env);
+    let out = env.path("out");
+    let archive = env.path("image.tar");
+    let meta = env.path("meta.json");
+    let run = build(
+        &env,
+        &def,
+        &[
+            "--local",
+            &ctx_arg(&env),
+            "--output",
+            &format!("type=local,dest={}", out.display()),
+            "--output",
+            &format!(
+                "type=oci,dest={},name=example.com/kiln/app:v1",
+                archive.display()
+            ),
+            "--metadata-file",
+            meta.to_str().unwrap(),
+        ],
+    );
+    run.success();
+
+    let inspect = Command::new("skopeo")
+        .arg("inspect")
+        .arg(format!("oci-archive:{}", archive.display()))
+        .output()
+        .unwrap();
+    assert!(
+        inspect.status.success(),
+        "skopeo inspect failed: {}",
+        String::from_utf8_lossy(&inspect.stderr)
+    );
+    let info: serde_json::Value = serde_json::from_slice(&inspect.stdout).unwrap();
+    let meta = std::fs::read_to_string(&meta).unwrap();
+    let digest = info["Digest"].as_str().unwrap();
+    assert!(
+        meta.contains(digest),
+        "metadata {meta} lacks the manifest digest {digest}"
+    );
+    assert_eq!(info["Layers"].as_array().map(Vec::len), Some(1), "{info}");
+
+    let layout = env.path("layout");
+    std::fs::create_dir_all(&layout).unwrap();
+    let st = Command::new("tar")
+        .arg("-xf")
+        .arg(&archive)
+        .arg("-C")
+        .arg(&layout)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let bundle = env.path("bundle");
+    let unpack = Command::new("umoci")
+        .args(["unpack", "--rootless", "--image"])
+        .arg(format!("{}:v1", layout.display()))
+        .arg(&bundle)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        unpack.status.success(),
+        "umoci unpack failed: {}",
+        String::from_utf8_lossy(&unpack.stderr)
+    );
+    assert_eq!(tree(&bundle.join("rootfs")), tree(&out));
+    assert!(tree(&out).contains_key("app/bin/main"), "{:?}", tree(&out));
+}

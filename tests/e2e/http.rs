@@ -391,3 +391,93 @@ fn two_processes_fetching_one_url_download_it_once() {
     assert_eq!(srv.count("GET", "/two"), 1, "{:?}", srv.requests());
     assert_eq!(srv.body_bytes(), body.len() as u64);
 }
+
+/// `kiln build` uses an http step like any source: its file is copied by a later step,
+/// its pin is recorded in the metadata file, and an unchanged rebuild revalidates with
+/// one HEAD and downloads nothing.
+#[test]
+fn a_build_with_an_http_step_uses_it_like_any_source() {
+    let srv = HttpServer::start();
+    srv.route(
+        "/tool.sh",
+        Route::bytes("#!/bin/sh\necho tool\n").etag("\"t1\""),
+    );
+    let env = Env::new();
+    let def = env.write(
+        "proj/build.toml",
+        format!(
+            r#"
+version = 1
+[steps.tool]
+source = "{url}"
+attrs = {{ "http.perm" = "0755", "http.filename" = "tool" }}
+[steps.app]
+base = "scratch"
+actions = [
+  {{ copy = {{ from = "tool", src = "/tool", dest = "/usr/bin/tool" }} }},
+  {{ mkfile = {{ path = "/motd", data = "hi\n" }} }},
+]
+[output]
+step = "app"
+"#,
+            url = srv.url("/tool.sh")
+        ),
+    );
+    let out = env.path("out");
+    let meta = env.path("meta.json");
+    let run = env.kiln([
+        "--progress".as_ref(),
+        "json".as_ref(),
+        "build".as_ref(),
+        def.as_os_str(),
+        "--output".as_ref(),
+        format!("type=local,dest={}", out.display()).as_ref(),
+        "--metadata-file".as_ref(),
+        meta.as_os_str(),
+    ]);
+    run.success();
+    let tool = out.join("usr/bin/tool");
+    assert_eq!(
+        std::fs::read_to_string(&tool).unwrap(),
+        "#!/bin/sh\necho tool\n"
+    );
+    assert_eq!(std::fs::metadata(&tool).unwrap().mode() & 0o777, 0o755);
+    assert_eq!(srv.count("GET", "/tool.sh"), 1);
+    let meta: serde_json::Value = serde_json::from_slice(&std::fs::read(&meta).unwrap()).unwrap();
+    let text = meta.to_string();
+    let digest = format!("sha256:{}", sha256_hex(b"#!/bin/sh\necho tool\n"));
+    assert!(
+        text.contains(&srv.url("/tool.sh")) && text.contains(&digest),
+        "{text}"
+    );
+
+    // Unchanged: one HEAD, no body, every step cached.
+    srv.reset_counters();
+    let run = env.kiln([
+        "--progress".as_ref(),
+        "json".as_ref(),
+        "build".as_ref(),
+        def.as_os_str(),
+    ]);
+    run.success();
+    assert_eq!(srv.count("GET", "/tool.sh"), 0);
+    assert_eq!(srv.count("HEAD", "/tool.sh"), 1);
+    assert_eq!(srv.body_bytes(), 0);
+    let cached = run
+        .stderr
+        .lines()
+        .filter(|l| l.contains("\"event\":\"cached\""))
+        .count();
+    assert_eq!(cached, 2, "{}", run.stderr);
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("d");
+    std::fs::write(&p, data).unwrap();
+    let out = std::process::Command::new("sha256sum")
+        .arg(&p)
+        .output()
+        .unwrap();
+    String::from_utf8(out.stdout).unwrap()[..64].to_string()
+}
