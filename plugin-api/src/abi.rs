@@ -332,8 +332,10 @@ pub struct SourcePluginMod {
     /// Creates the source from the plugin's `config` table (as TOML text) and the
     /// host's services.
     #[sabi(last_prefix_field)]
-    pub new_source:
-        extern "C" fn(config_toml: RStr<'_>, host: HostServicesBox) -> RResult<SourceBox, PluginError>,
+    pub new_source: extern "C" fn(
+        config_toml: RStr<'_>,
+        host: HostServicesBox,
+    ) -> RResult<SourceBox, PluginError>,
 }
 
 impl RootModule for SourcePluginRef {

@@ -13,8 +13,7 @@ use abi_stable::std_types::{RResult, RSlice, RStr, RString, RVec};
 use crate::abi::{
     BlobInfo, BlobWriterBox, CacheKeyResult, Capabilities, HostServicesBox, IdentifierRequest,
     JobContextBox, KeyValue, PluginDescriptor, ProgressEvent, ProgressKind, SnapshotResult,
-    SourceAbi, SourceAbi_TO, SourceBox, SourceInstanceAbi, SourceInstanceAbi_TO,
-    SourceInstanceBox,
+    SourceAbi, SourceAbi_TO, SourceBox, SourceInstanceAbi, SourceInstanceAbi_TO, SourceInstanceBox,
 };
 use crate::error::{ErrorCode, PluginError, Result};
 
@@ -137,9 +136,8 @@ pub trait Plugin: Source + Sized {
 
 /// Parses the plugin's configuration text into `T`; errors name line and column.
 pub fn parse_config<T: serde::de::DeserializeOwned>(config: &str) -> Result<T> {
-    toml::from_str(config).map_err(|e| {
-        PluginError::invalid_config(e.to_string().trim_end().replace('\n', " "))
-    })
+    toml::from_str(config)
+        .map_err(|e| PluginError::invalid_config(e.to_string().trim_end().replace('\n', " ")))
 }
 
 /// The host's services, as given to [`Plugin::new`]. Cheap to clone.
@@ -283,7 +281,14 @@ impl<'a> Job<'a> {
     pub fn progress_finish(&self, task: &str, current: u64, error: Option<&str>) {
         self.progress(task, ProgressKind::FINISH, current, current, error)
     }
-    fn progress(&self, task: &str, kind: ProgressKind, current: u64, total: u64, error: Option<&str>) {
+    fn progress(
+        &self,
+        task: &str,
+        kind: ProgressKind,
+        current: u64,
+        total: u64,
+        error: Option<&str>,
+    ) {
         self.inner.progress(&ProgressEvent {
             task: task.into(),
             kind,
