@@ -140,7 +140,7 @@ mod tests {
 
     fn source() -> GitSource {
         GitSource {
-            git_version: String::new(),
+            git: PathBuf::from("git"),
             config: GitConfig::default(),
         }
     }
