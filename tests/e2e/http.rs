@@ -293,8 +293,10 @@ fn token_secret_reaches_the_server_and_never_the_output() {
 #[test]
 fn redirect_to_another_host_carries_no_authorization() {
     let srv = HttpServer::start();
-    let mut r = Route::default();
-    r.redirect = Some(srv.url_with_host("localhost", "/target"));
+    let r = Route {
+        redirect: Some(srv.url_with_host("localhost", "/target")),
+        ..Route::default()
+    };
     srv.route("/start", r);
     srv.route("/target", Route::bytes("moved"));
     let env = Env::new();
