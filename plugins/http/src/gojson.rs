@@ -6,6 +6,7 @@
 //! `[]byte` written as padded standard base64.
 
 use base64::Engine;
+use kiln_plugin_api::gojson::push_string as push_go_string;
 use sha2::{Digest, Sha256};
 
 /// One user-defined request header that takes part in the key (BuildKit `HeaderField`).
@@ -15,28 +16,6 @@ pub struct HeaderField {
     pub name: String,
     /// The value sent.
     pub value: String,
-}
-
-/// Appends `s` as a JSON string the way Go's `encoding/json` writes it.
-pub fn push_go_string(out: &mut String, s: &str) {
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            '\u{8}' => out.push_str("\\b"),
-            '\u{c}' => out.push_str("\\f"),
-            '<' | '>' | '&' | '\u{2028}' | '\u{2029}' => {
-                out.push_str(&format!("\\u{:04x}", c as u32));
-            }
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
 }
 
 fn push_headers(out: &mut String, headers: &[HeaderField]) {
@@ -204,13 +183,6 @@ mod tests {
              \"LastModTime\":\"Mon, 02 Jan 2006 15:04:05 GMT\",\"AuthHeaderSecret\":\"MY_SECRET\",\
              \"Header\":[{\"Name\":\"Accept\",\"Value\":\"a/b\"},{\"Name\":\"User-Agent\",\"Value\":\"x\\u003cy\\u003e\\u0026z\"}]}"
         );
-    }
-
-    #[test]
-    fn go_string_escaping() {
-        let mut s = String::new();
-        push_go_string(&mut s, "a\"b\\c\u{1}\n\u{2028}é");
-        assert_eq!(s, "\"a\\\"b\\\\c\\u0001\\n\\u2028é\"");
     }
 
     #[test]

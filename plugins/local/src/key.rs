@@ -1,48 +1,9 @@
 //! The cache key of a local source, byte for byte as BuildKit computes it.
 
+use kiln_plugin_api::gojson::{push_string as go_json_string, push_string_list as go_json_list};
 use sha2::{Digest, Sha256};
 
 use crate::identifier::LocalId;
-
-/// Appends `s` as a JSON string the way Go's `encoding/json` writes it: HTML
-/// characters (`<`, `>`, `&`) and U+2028/U+2029 escaped as `\u00XX`/`\u20XX`.
-fn go_json_string(out: &mut String, s: &str) {
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            '\u{8}' => out.push_str("\\b"),
-            '\u{c}' => out.push_str("\\f"),
-            '<' | '>' | '&' | '\u{2028}' | '\u{2029}' => {
-                out.push_str(&format!("\\u{:04x}", c as u32));
-            }
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-}
-
-/// Appends a `[]string` as Go marshals it: `null` for a nil slice.
-fn go_json_list(out: &mut String, list: Option<&[String]>) {
-    match list {
-        None => out.push_str("null"),
-        Some(items) => {
-            out.push('[');
-            for (i, item) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                go_json_string(out, item);
-            }
-            out.push(']');
-        }
-    }
-}
 
 /// The JSON BuildKit hashes for a local source's key.
 pub fn key_json(session: &str, id: &LocalId) -> String {
@@ -97,9 +58,6 @@ mod tests {
             key_json("s1", &id(Some(&["a", "b/*"]), Some(&[]), Some(&["x"]))),
             r#"{"SessionID":"s1","IncludePatterns":["a","b/*"],"ExcludePatterns":[],"FollowPaths":["x"]}"#
         );
-        let mut s = String::new();
-        go_json_string(&mut s, "<a&b>\"\\\n\t\u{1}\u{2028}é");
-        assert_eq!(s, r#""\u003ca\u0026b\u003e\"\\\n\t\u0001\u2028é""#);
     }
 
     #[test]
