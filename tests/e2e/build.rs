@@ -543,3 +543,56 @@ fn the_oci_archive_matches_the_local_output() {
     assert_eq!(tree(&bundle.join("rootfs")), tree(&out));
     assert!(tree(&out).contains_key("app/bin/main"), "{:?}", tree(&out));
 }
+
+/// Two steps that differ only in the credentials of their URL are two vertices: each
+/// request carries its own credentials (the canonical identifier redacts them, so the
+/// vertex identity must not rest on it alone).
+#[test]
+fn steps_differing_only_in_url_credentials_stay_apart() {
+    use kiln_tests::http_server::{HttpServer, Route};
+    let srv = HttpServer::start();
+    srv.route("/a.txt", Route::bytes("shared name\n"));
+    let url = srv.url("/a.txt");
+    let with = |user: &str| url.replacen("http://", &format!("http://{user}@"), 1);
+    let env = Env::new();
+    let def = env.write(
+        "proj/build.toml",
+        format!(
+            r#"
+version = 1
+[steps.alice]
+source = "{alice}"
+[steps.bob]
+source = "{bob}"
+[steps.all]
+base = "scratch"
+actions = [
+  {{ copy = {{ from = "alice", src = "/a.txt", dest = "/alice.txt" }} }},
+  {{ copy = {{ from = "bob", src = "/a.txt", dest = "/bob.txt" }} }},
+]
+[output]
+step = "all"
+"#,
+            alice = with("alice:pw1"),
+            bob = with("bob:pw2"),
+        ),
+    );
+    let run = build(&env, &def, &[]);
+    run.success();
+    let auths: std::collections::BTreeSet<String> = srv
+        .requests()
+        .iter()
+        .filter(|r| r.method == "GET")
+        .filter_map(|r| r.header("authorization").map(str::to_string))
+        .collect();
+    assert_eq!(
+        auths.len(),
+        2,
+        "each step sends its own credentials: {auths:?}"
+    );
+    assert!(
+        !run.stderr.contains("pw1") && !run.stderr.contains("pw2"),
+        "{}",
+        run.stderr
+    );
+}

@@ -52,14 +52,25 @@ pub fn canonical_bytes(v: &Value) -> Vec<u8> {
 
 /// The canonical definition of a source op. `identifier` is the source's canonical
 /// form; the platform is kept only when given (image sources).
+///
+/// `identifier` is the plugin's canonical form, which redacts URL credentials; when
+/// the text the step wrote differs from it (`written`), a hash of that text joins the
+/// definition, so that two steps differing only in credentials stay two vertices
+/// (and one user's content never reaches another's step).
 pub fn source_op(
     identifier: &str,
+    written: &str,
     attrs: &BTreeMap<String, String>,
     platform: Option<&str>,
 ) -> Value {
+    let written = (written != identifier).then(|| {
+        use sha2::{Digest, Sha256};
+        format!("sha256:{}", hex::encode(Sha256::digest(written.as_bytes())))
+    });
     json!({
         "op": "source",
         "identifier": identifier,
+        "written": written,
         "attrs": attrs,
         "platform": platform,
     })

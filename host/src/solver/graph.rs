@@ -111,7 +111,7 @@ pub(crate) async fn build_graph(
                         error,
                     })?;
                 let attrs: BTreeMap<String, String> = s.attrs.clone();
-                let canonical = op::source_op(&id.canonical, &attrs, platform);
+                let canonical = op::source_op(&id.canonical, &s.identifier, &attrs, platform);
                 let digest = op::vertex_digest(&canonical, &[]);
                 shared(format!("{scope}|{digest}"), || Node {
                     name: name.to_string(),
