@@ -321,34 +321,63 @@ fn to_rresult<T>(r: Result<T>) -> RResult<T, PluginError> {
     r.into()
 }
 
-struct SourceAdapter<S: Source>(S);
+/// Holds the plugin's source; its drop runs under the panic guard too (a panic in a
+/// destructor must not unwind into the host).
+struct SourceAdapter<S: Source>(Option<S>);
+
+impl<S: Source> SourceAdapter<S> {
+    fn get(&self) -> &S {
+        self.0.as_ref().expect("present until dropped")
+    }
+}
+
+impl<S: Source> Drop for SourceAdapter<S> {
+    fn drop(&mut self) {
+        let inner = self.0.take();
+        let _ = catch_unwind(AssertUnwindSafe(move || drop(inner)));
+    }
+}
 
 impl<S: Source> SourceAbi for SourceAdapter<S> {
     fn identifier(&self, request: &IdentifierRequest) -> RResult<RString, PluginError> {
         to_rresult(guard("identifier", || {
-            let id = self.0.identifier(&Request::from_abi(request))?;
+            let id = self.get().identifier(&Request::from_abi(request))?;
             Ok(RString::from(id.to_string()))
         }))
     }
 
     fn resolve(&self, request: &IdentifierRequest) -> RResult<SourceInstanceBox, PluginError> {
         to_rresult(guard("resolve", || {
-            let id = self.0.identifier(&Request::from_abi(request))?;
-            let instance = self.0.resolve(id)?;
+            let id = self.get().identifier(&Request::from_abi(request))?;
+            let instance = self.get().resolve(id)?;
             Ok(SourceInstanceAbi_TO::from_value(
-                InstanceAdapter(instance),
+                InstanceAdapter(Some(instance)),
                 TD_Opaque,
             ))
         }))
     }
 }
 
-struct InstanceAdapter(Box<dyn SourceInstance>);
+/// Holds one instance; dropped under the panic guard like [`SourceAdapter`].
+struct InstanceAdapter(Option<Box<dyn SourceInstance>>);
+
+impl InstanceAdapter {
+    fn get(&self) -> &dyn SourceInstance {
+        self.0.as_deref().expect("present until dropped")
+    }
+}
+
+impl Drop for InstanceAdapter {
+    fn drop(&mut self) {
+        let inner = self.0.take();
+        let _ = catch_unwind(AssertUnwindSafe(move || drop(inner)));
+    }
+}
 
 impl SourceInstanceAbi for InstanceAdapter {
     fn cache_key(&self, index: u32, job: &JobContextBox) -> RResult<CacheKeyResult, PluginError> {
         to_rresult(guard("cache_key", || {
-            let k = self.0.cache_key(index, &Job::from_abi(job))?;
+            let k = self.get().cache_key(index, &Job::from_abi(job))?;
             Ok(CacheKeyResult {
                 key: k.key.into(),
                 pin: k.pin.into(),
@@ -369,7 +398,7 @@ impl SourceInstanceAbi for InstanceAdapter {
     ) -> RResult<SnapshotResult, PluginError> {
         to_rresult(guard("snapshot", || {
             let s = self
-                .0
+                .get()
                 .snapshot(Path::new(staging_dir.as_str()), &Job::from_abi(job))?;
             Ok(SnapshotResult {
                 metadata: s
@@ -382,19 +411,36 @@ impl SourceInstanceAbi for InstanceAdapter {
     }
 }
 
+/// The key of [`PluginDescriptor::extra`] that carries why `describe` failed.
+pub const DESCRIBE_ERROR: &str = "describe.error";
+
 #[doc(hidden)]
 pub fn describe_impl<P: Plugin>(api_version: &str) -> PluginDescriptor {
-    let info = P::info();
-    PluginDescriptor {
-        id: info.id.into(),
-        version: info.version.into(),
+    let mut d = PluginDescriptor {
+        id: RString::new(),
+        version: RString::new(),
         api_version: api_version.into(),
-        schemes: info.schemes.iter().map(|s| RString::from(*s)).collect(),
-        capabilities: info.capabilities.0,
+        schemes: RVec::new(),
+        capabilities: 0,
         panic_unwind: cfg!(panic = "unwind"),
-        max_concurrency: info.max_concurrency,
+        max_concurrency: 0,
         extra: RVec::new(),
+    };
+    // A panic must not cross the `extern "C"` boundary: an empty descriptor with the
+    // reason is refused by the host instead.
+    match guard("describe", || Ok(P::info())) {
+        Ok(info) => {
+            d.id = info.id.into();
+            d.version = info.version.into();
+            d.schemes = info.schemes.iter().map(|s| RString::from(*s)).collect();
+            d.capabilities = info.capabilities.0;
+            d.max_concurrency = info.max_concurrency;
+        }
+        Err(e) => d
+            .extra
+            .push(KeyValue::new(DESCRIBE_ERROR, e.message.as_str())),
     }
+    d
 }
 
 #[doc(hidden)]
@@ -402,10 +448,13 @@ pub fn new_source_impl<P: Plugin>(
     config: RStr<'_>,
     host: HostServicesBox,
 ) -> RResult<SourceBox, PluginError> {
-    let host = Host::from_abi(host);
-    crate::log_bridge::install(&host, P::info().id);
     to_rresult(guard("new_source", || {
+        let host = Host::from_abi(host);
+        crate::log_bridge::install(&host, P::info().id);
         let source = P::new(config.as_str(), host)?;
-        Ok(SourceAbi_TO::from_value(SourceAdapter(source), TD_Opaque))
+        Ok(SourceAbi_TO::from_value(
+            SourceAdapter(Some(source)),
+            TD_Opaque,
+        ))
     }))
 }

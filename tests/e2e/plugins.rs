@@ -601,3 +601,38 @@ fn a_plugin_that_cannot_run_here_is_skipped_and_fatal_only_when_required() {
         run.stderr
     );
 }
+
+#[test]
+fn panics_in_describe_new_source_and_drop_never_take_the_host_down() {
+    let env = Env::new();
+    let config = testsrc_config(&env, &plugin_file(TESTSRC), "");
+    for (at, reason) in [
+        ("describe", "its describe() failed: plugin panicked in describe: the testsrc plugin was asked to panic in describe"),
+        ("new", "panicked: plugin panicked in new_source: the testsrc plugin was asked to panic in new_source"),
+    ] {
+        let run: kiln_tests::Run = env
+            .command()
+            .env("KILN_TESTSRC_PANIC", at)
+            .arg("--config")
+            .arg(&config)
+            .args(["plugins", "list", "--json"])
+            .output()
+            .unwrap()
+            .into();
+        run.success();
+        let rows = run.json();
+        assert_eq!(rows[0]["status"], "failed", "{rows}");
+        assert_eq!(rows[0]["reason"], reason, "{rows}");
+    }
+    // A panic in an instance's destructor is caught inside the plugin too.
+    let run = env.kiln([
+        "--config".as_ref(),
+        config.as_os_str(),
+        "source".as_ref(),
+        "resolve".as_ref(),
+        "testsrc://dropper/x".as_ref(),
+        "--json".as_ref(),
+    ]);
+    run.success();
+    assert_eq!(run.json()["keys"][0]["key"], "testsrc:x");
+}

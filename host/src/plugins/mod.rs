@@ -237,6 +237,13 @@ fn load_one(
     status.sha256 = opened.sha256.clone();
     status.api_version = Some(opened.api_version.clone());
     let d = (opened.module.describe())();
+    if let Some(e) = d
+        .extra
+        .iter()
+        .find(|kv| kv.key.as_str() == kiln_plugin_api::DESCRIBE_ERROR)
+    {
+        return Err(failed(format!("its describe() failed: {}", e.value)));
+    }
     status.declared_id = Some(d.id.to_string());
     status.version = Some(d.version.to_string());
     status.schemes = d.schemes.iter().map(|s| s.to_string()).collect();
