@@ -346,8 +346,9 @@ impl RootModule for SourcePluginRef {
 }
 
 /// The name of the plain symbol every kiln plugin exports beside abi_stable's header.
-/// The host reads it before running any of the plugin's code paths, to refuse a file
-/// that is not a kiln plugin or was built for another plugin-api, with a short message.
+/// The host reads it right after loading the file and before calling into the plugin,
+/// to refuse a file that is not a kiln plugin or was built for another plugin-api with
+/// a short message.
 pub const DECLARATION_SYMBOL: &str = "kiln_plugin_declaration";
 
 /// The magic bytes at the start of [`PluginDeclaration`].

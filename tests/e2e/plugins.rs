@@ -160,6 +160,15 @@ fn symlinked_and_writable_plugin_files_are_refused() {
     std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
     let rows = list(&env, &testsrc_config(&env, &copy, ""));
     assert_eq!(rows[0]["status"], "loaded", "{rows:?}");
+
+    // A file owned by another user (neither root nor the user running kiln) is refused.
+    if unsafe { libc::geteuid() } == 0 {
+        std::os::unix::fs::chown(&copy, Some(65534), Some(65534)).unwrap();
+        let rows = list(&env, &testsrc_config(&env, &copy, ""));
+        assert_eq!(rows[0]["status"], "failed");
+        let reason = rows[0]["reason"].as_str().unwrap();
+        assert!(reason.contains("owned by uid 65534"), "{reason}");
+    }
 }
 
 #[test]

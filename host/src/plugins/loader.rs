@@ -75,6 +75,21 @@ pub fn open_plugin(path: &Path, pin: Option<&str>, hash: bool) -> Result<OpenedL
             meta.mode() & 0o7777
         )));
     }
+    let euid = unsafe { libc::geteuid() };
+    if meta.uid() != 0 && meta.uid() != euid {
+        return Err(OpenError::new(format!(
+            "refusing a plugin file owned by uid {}: it must belong to root or to the user running kiln (uid {euid})",
+            meta.uid()
+        )));
+    }
+    let mut magic = [0u8; 4];
+    let is_elf = std::os::unix::fs::FileExt::read_exact_at(&file, &mut magic, 0).is_ok()
+        && magic == *b"\x7fELF";
+    if !is_elf {
+        return Err(OpenError::new(
+            "not a kiln plugin: not an ELF shared library",
+        ));
+    }
 
     let (load_fd, sha256) = if pin.is_some() || hash {
         let mut bytes = Vec::with_capacity(meta.len() as usize);
@@ -102,10 +117,11 @@ pub fn open_plugin(path: &Path, pin: Option<&str>, hash: bool) -> Result<OpenedL
     }
     .map_err(|e| {
         let msg = e.to_string().replace(&fd_path, &path.display().to_string());
-        OpenError::new(format!(
-            "not a kiln plugin: cannot load it as a shared library ({msg})"
-        ))
+        OpenError::new(format!("cannot load the shared library: {msg}"))
     })?;
+    // From here on the library stays loaded whatever happens: its initialisers ran,
+    // and unloading Rust code is unsound (TLS destructors); plugins are never unloaded.
+    let lib = std::mem::ManuallyDrop::new(lib);
     // Keep the descriptor open for the life of the process: the dynamic loader knows
     // the library by the name `/proc/self/fd/N`, and a later `dlopen` of a reused N
     // would be answered with this library instead of the new file.
@@ -145,8 +161,6 @@ pub fn open_plugin(path: &Path, pin: Option<&str>, hash: bool) -> Result<OpenedL
             }
         }
     };
-    // Plugins are never unloaded (unloading Rust code is unsound with TLS destructors).
-    std::mem::forget(lib);
     let module = header
         .upgrade()
         .and_then(|h| h.init_root_module::<SourcePluginRef>())
