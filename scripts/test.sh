@@ -10,10 +10,10 @@ declare -A needs=(
   [git]=git
   [skopeo]=skopeo
   [umoci]=umoci
-  [docker-registry]=docker-registry
   [curl]=curl
   [sha256sum]=coreutils
-  [flock]=util-linux
+  [tar]=tar
+  [openssl]=openssl
 )
 missing=()
 for prog in "${!needs[@]}"; do
