@@ -23,7 +23,7 @@
 //! key and the content of one step) and [`Plugin`] (description and constructor), then
 //! exports the type:
 //!
-//! ```ignore
+//! ```no_run
 //! use std::path::Path;
 //! use kiln_plugin_api::{
 //!     export_plugin, CacheKey, Capabilities, Host, Job, Plugin, PluginError, PluginInfo,
