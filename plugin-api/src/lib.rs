@@ -110,7 +110,6 @@ pub mod abi;
 mod error;
 pub mod gojson;
 mod log_bridge;
-/// `.dockerignore`-style path patterns, shared by the local source and the copy op.
 pub mod patterns;
 mod sdk;
 
