@@ -221,6 +221,45 @@ fn connection_cut_halfway_is_resumed() {
     );
 }
 
+/// A resumed request answered with a 206 that stops short of the end (here bytes
+/// 5000-5999 of 12032) is refused: the body is fetched whole, and what is stored,
+/// recorded for the ETag and written out is the full body.
+#[test]
+fn short_206_on_resume_is_refused_and_the_whole_body_fetched() {
+    let srv = HttpServer::start();
+    let body = data(12_032, 4);
+    let mut route = Route::bytes(body.clone()).etag("\"short\"");
+    route.cut_after = Some(5_000);
+    route.cuts = 1;
+    route.short_ranges = Some(1_000);
+    srv.route("/short", route);
+    let env = Env::new();
+    let (_, pin) = key_and_pin(&resolve(&env, &srv.url("/short"), &[]));
+    assert_eq!(pin, sha256_of(&body));
+    let gets: Vec<_> = srv
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "GET")
+        .collect();
+    assert_eq!(gets.len(), 3, "{gets:?}");
+    assert_eq!(gets[0].body_bytes, 5_000, "{gets:?}");
+    assert_eq!(gets[1].header("range"), Some("bytes=5000-"));
+    assert_eq!(gets[1].status, 206);
+    assert_eq!(
+        (gets[2].header("range"), gets[2].status),
+        (None, 200),
+        "{gets:?}"
+    );
+
+    // The ETag now names the full body: a rerun revalidates and writes it whole.
+    srv.reset_counters();
+    let (_, pin) = key_and_pin(&resolve(&env, &srv.url("/short"), &[]));
+    assert_eq!(pin, sha256_of(&body));
+    assert_eq!(srv.count("GET", "/short"), 0);
+    fetch(&env, &srv.url("/short"), "out", &[]).success();
+    assert_eq!(std::fs::read(env.path("out/short")).unwrap(), body);
+}
+
 #[test]
 fn kill_9_mid_download_then_rerun_fetches_only_the_remainder() {
     let srv = HttpServer::start();

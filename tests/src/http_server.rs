@@ -3,12 +3,12 @@
 //! receives and sends.
 //!
 //! Each path can send an ETag, Last-Modified and Content-Disposition, gzip its body
-//! (when the client accepts it), honour `Range`/`If-Range`, answer `If-None-Match`
-//! with 304 (optionally without an ETag, or with a wrong one), redirect (also to
-//! another server, i.e. another host), demand an `Authorization` value (401
-//! otherwise), answer a fixed status, cut the connection after N body bytes, or send
-//! slowly. Every request is recorded with its method, path and headers, and the body
-//! bytes written are counted.
+//! (when the client accepts it), honour `Range`/`If-Range` (or answer ranges short),
+//! answer `If-None-Match` with 304 (optionally without an ETag, or with a wrong one),
+//! redirect (also to another server, i.e. another host), demand an `Authorization`
+//! value (401 otherwise), answer a fixed status, cut the connection after N body
+//! bytes, or send slowly. Every request is recorded with its method, path and
+//! headers, and the body bytes written are counted.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -59,6 +59,9 @@ pub struct Route {
     pub gzip: bool,
     /// Honour `Range` (and `If-Range`).
     pub ranges: bool,
+    /// Answer a `Range` request with at most this many bytes (a short 206 whose
+    /// `Content-Range` says so), as a broken server or proxy might.
+    pub short_ranges: Option<u64>,
     /// Answer 304 when `If-None-Match` lists the ETag.
     pub honour_if_none_match: bool,
     /// Leave the ETag out of 304 answers.
@@ -379,6 +382,10 @@ fn answer(out: &mut TcpStream, st: &State, seen: &mut Seen) -> std::io::Result<b
                         .map_or(full_len.saturating_sub(1), |e| {
                             e.min(full_len.saturating_sub(1))
                         });
+                    let end = match route.short_ranges {
+                        Some(n) => end.min(start.saturating_add(n.max(1) - 1)),
+                        None => end,
+                    };
                     if if_range_ok && start < full_len && start <= end {
                         range = Some((start, end));
                     }

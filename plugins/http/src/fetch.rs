@@ -134,22 +134,31 @@ pub fn get_into_store(
     let mut no_range = false;
     loop {
         ctx.job.check_cancelled()?;
+        let saved = Partial::decode(&writer.validator());
         let offset = writer.offset();
-        let validator = writer.validator();
-        let resume = offset > 0 && !validator.is_empty() && !no_range;
+        // Resume only data saved with a validator and a length it has not reached (a
+        // complete ingest that was never committed is fetched again: a range past the
+        // end would be refused).
+        let resume = offset > 0
+            && !no_range
+            && saved
+                .as_ref()
+                .is_some_and(|p| !p.validator.is_empty() && p.total.is_none_or(|t| offset < t));
         if offset > 0 && !resume {
             writer
                 .reset()
                 .map_err(|e| e.context(format!("{id}: content store")))?;
         }
+        let offset = writer.offset();
+        let saved = saved.filter(|_| resume);
         let range = format!("bytes={offset}-");
         let mut headers: Vec<(&str, &str)> = Vec::new();
         if let Some(inm) = if_none_match {
             headers.push(("If-None-Match", inm));
         }
-        if resume {
+        if let Some(p) = &saved {
             headers.push(("Range", &range));
-            headers.push(("If-Range", &validator));
+            headers.push(("If-Range", &p.validator));
         }
         let resp = match client::send(ctx.agent, id, ctx.auth, "GET", &headers) {
             Ok(r) => r,
@@ -176,14 +185,39 @@ pub fn get_into_store(
                 format!("{id}: invalid response status {status}"),
             ));
         }
-        let start = if status == 206 {
-            match content_range_start(resp.header("Content-Range").as_deref()) {
-                Some(s) if resume && s == offset => {
-                    tracing::info!("{id}: resuming at byte {offset}");
-                    offset
+        let content_length = resp
+            .header("Content-Length")
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        let (start, total) = if status == 206 {
+            let checked = match &saved {
+                Some(p) => check_partial(
+                    resp.header("Content-Range").as_deref(),
+                    content_length,
+                    offset,
+                    p.total,
+                ),
+                None => Err("no range was asked for".to_string()),
+            };
+            match checked {
+                Ok(total) => {
+                    tracing::info!("{id}: resuming at byte {offset} of {total}");
+                    let p = saved.as_ref().expect("checked above");
+                    if p.total.is_none() {
+                        // Keep the length the server told, for a later resume.
+                        let v = Partial {
+                            total: Some(total),
+                            validator: p.validator.clone(),
+                        };
+                        writer
+                            .set_validator(&v.encode())
+                            .map_err(|e| e.context(format!("{id}: content store")))?;
+                    }
+                    (offset, Some(total))
                 }
-                _ => {
-                    tracing::warn!("{id}: unusable partial response; downloading the whole body");
+                Err(why) => {
+                    tracing::warn!(
+                        "{id}: unusable partial response ({why}); downloading the whole body"
+                    );
                     no_range = true;
                     continue;
                 }
@@ -194,21 +228,21 @@ pub fn get_into_store(
                     .reset()
                     .map_err(|e| e.context(format!("{id}: content store")))?;
             }
-            // What a later run may resume against: a strong ETag, else Last-Modified.
-            let v = resp
-                .header("ETag")
-                .filter(|e| !e.starts_with("W/"))
-                .or_else(|| resp.header("Last-Modified"))
-                .unwrap_or_default();
+            // What a later run may resume against: a strong ETag, else Last-Modified,
+            // with the full length (absent when ureq decoded a compressed body).
+            let v = Partial {
+                total: content_length,
+                validator: resp
+                    .header("ETag")
+                    .filter(|e| !e.starts_with("W/"))
+                    .or_else(|| resp.header("Last-Modified"))
+                    .unwrap_or_default(),
+            };
             writer
-                .set_validator(&v)
+                .set_validator(&v.encode())
                 .map_err(|e| e.context(format!("{id}: content store")))?;
-            0
+            (0, content_length)
         };
-        let total = resp
-            .header("Content-Length")
-            .and_then(|v| v.parse::<u64>().ok())
-            .map(|len| start + len);
         let meta = (
             resp.header("ETag")
                 .map(|v| etag_value(&v))
@@ -216,8 +250,8 @@ pub fn get_into_store(
             resp.header("Last-Modified"),
             resp.header("Content-Disposition"),
         );
-        match stream_body(resp, &mut writer, ctx.job, &task, start, total) {
-            Ok(n) => {
+        let why = match stream_body(resp, &mut writer, ctx.job, &task, start, total) {
+            Ok(n) if total.is_none_or(|t| t == n) => {
                 ctx.job.progress_finish(&task, n, None);
                 let info = writer.commit(expected).map_err(|e| commit_error(id, e))?;
                 return Ok(GetOutcome::Fetched(Fetched {
@@ -228,23 +262,32 @@ pub fn get_into_store(
                     content_disposition: meta.2,
                 }));
             }
+            Ok(n) => {
+                // Never store a body of the wrong length: start again.
+                writer
+                    .reset()
+                    .map_err(|e| e.context(format!("{id}: content store")))?;
+                format!(
+                    "the body ended at byte {n} of {}",
+                    total.expect("guarded above")
+                )
+            }
             Err(StreamError::Fatal(e)) => {
                 ctx.job.progress_finish(&task, 0, Some(&e.message));
                 return Err(e);
             }
-            Err(StreamError::Read(e)) => {
-                if failures >= ctx.cfg.retries {
-                    let msg = format!(
-                        "{id}: download broke off after {} retries: {e}",
-                        ctx.cfg.retries
-                    );
-                    ctx.job.progress_finish(&task, 0, Some(&msg));
-                    return Err(PluginError::network(msg));
-                }
-                failures += 1;
-                backoff(ctx, failures, &e.to_string())?;
-            }
+            Err(StreamError::Read(e)) => e.to_string(),
+        };
+        if failures >= ctx.cfg.retries {
+            let msg = format!(
+                "{id}: download broke off after {} retries: {why}",
+                ctx.cfg.retries
+            );
+            ctx.job.progress_finish(&task, 0, Some(&msg));
+            return Err(PluginError::network(msg));
         }
+        failures += 1;
+        backoff(ctx, failures, &why)?;
     }
 }
 
@@ -271,12 +314,128 @@ fn backoff(ctx: &Ctx<'_, '_>, attempt: u32, why: &str) -> Result<()> {
     Ok(())
 }
 
-/// The first byte position of a `Content-Range: bytes a-b/c` value.
-pub fn content_range_start(v: Option<&str>) -> Option<u64> {
-    let rest = v?.trim().strip_prefix("bytes")?.trim_start();
-    let (range, _) = rest.split_once('/')?;
-    let (a, _) = range.split_once('-')?;
-    a.trim().parse().ok()
+/// What is saved with a partial download (the ingest's validator) so that a later
+/// attempt or run resumes it only against the same body: the full length and the
+/// `If-Range` value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Partial {
+    /// The full length of the body, when the server told it.
+    pub total: Option<u64>,
+    /// A strong ETag or a `Last-Modified` value (empty: not resumable).
+    pub validator: String,
+}
+
+/// Marks the encoding of [`Partial`]; anything else (an older format) is not resumed.
+const PARTIAL_FORMAT: &str = "kiln-http-partial/1";
+
+impl Partial {
+    /// `kiln-http-partial/1\n<total or empty>\n<validator>` (header values hold no
+    /// line break).
+    pub fn encode(&self) -> String {
+        let total = self.total.map(|t| t.to_string()).unwrap_or_default();
+        format!("{PARTIAL_FORMAT}\n{total}\n{}", self.validator)
+    }
+
+    /// Reads what [`Partial::encode`] wrote; `None` for anything else.
+    pub fn decode(s: &str) -> Option<Self> {
+        let mut lines = s.splitn(3, '\n');
+        if lines.next()? != PARTIAL_FORMAT {
+            return None;
+        }
+        let total = match lines.next()? {
+            "" => None,
+            t => Some(t.parse().ok()?),
+        };
+        Some(Partial {
+            total,
+            validator: lines.next()?.to_string(),
+        })
+    }
+}
+
+/// A parsed `Content-Range: bytes first-last/total` value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ContentRange {
+    /// The first byte position.
+    pub first: u64,
+    /// The last byte position (inclusive).
+    pub last: u64,
+    /// The full length (`None` for `*`).
+    pub total: Option<u64>,
+}
+
+/// Parses a `Content-Range` value of a 206 (`bytes a-b/c` or `bytes a-b/*`, with
+/// `a <= b < c`).
+pub fn parse_content_range(v: &str) -> Option<ContentRange> {
+    let rest = v.trim().strip_prefix("bytes")?;
+    if !rest.starts_with([' ', '\t']) {
+        return None;
+    }
+    let (range, total) = rest.trim_start().split_once('/')?;
+    let (a, b) = range.split_once('-')?;
+    let num = |s: &str| -> Option<u64> {
+        let s = s.trim();
+        (!s.is_empty() && s.bytes().all(|c| c.is_ascii_digit()))
+            .then(|| s.parse().ok())
+            .flatten()
+    };
+    let (first, last) = (num(a)?, num(b)?);
+    let total = match total.trim() {
+        "*" => None,
+        t => Some(num(t)?),
+    };
+    if first > last || total.is_some_and(|t| last >= t) {
+        return None;
+    }
+    Some(ContentRange { first, last, total })
+}
+
+/// Checks a 206 against the request for the bytes from `offset` to the end of a body
+/// of `known_total` bytes (if known): the range must start at `offset` and reach the
+/// end, and the lengths must agree. Returns the full length, or why the answer is
+/// unusable.
+pub fn check_partial(
+    content_range: Option<&str>,
+    content_length: Option<u64>,
+    offset: u64,
+    known_total: Option<u64>,
+) -> std::result::Result<u64, String> {
+    let Some(v) = content_range else {
+        return Err("no Content-Range header".into());
+    };
+    let shown: String = v.chars().take(80).collect();
+    let cr = parse_content_range(v).ok_or_else(|| format!("invalid Content-Range {shown:?}"))?;
+    if cr.first != offset {
+        return Err(format!(
+            "Content-Range {shown:?} does not start at byte {offset}"
+        ));
+    }
+    let total = match (cr.total, known_total) {
+        (Some(t), Some(k)) if t != k => {
+            return Err(format!(
+                "Content-Range {shown:?} gives a length of {t} bytes, not {k}"
+            ))
+        }
+        (Some(t), _) | (None, Some(t)) => t,
+        (None, None) => {
+            return Err(format!(
+                "Content-Range {shown:?} does not give the full length"
+            ))
+        }
+    };
+    if cr.last + 1 != total {
+        return Err(format!(
+            "Content-Range {shown:?} stops short of the end (byte {total})"
+        ));
+    }
+    if let Some(len) = content_length {
+        if len != cr.last - cr.first + 1 {
+            return Err(format!(
+                "Content-Length {len} does not match Content-Range {shown:?}"
+            ));
+        }
+    }
+    Ok(total)
 }
 
 fn stream_body(
@@ -376,9 +535,92 @@ mod tests {
 
     #[test]
     fn content_range() {
-        assert_eq!(content_range_start(Some("bytes 100-199/200")), Some(100));
-        assert_eq!(content_range_start(Some("bytes 0-0/*")), Some(0));
-        assert_eq!(content_range_start(Some("bytes */200")), None);
-        assert_eq!(content_range_start(None), None);
+        let cr = |first, last, total| Some(ContentRange { first, last, total });
+        assert_eq!(
+            parse_content_range("bytes 100-199/200"),
+            cr(100, 199, Some(200))
+        );
+        assert_eq!(parse_content_range("bytes 0-0/*"), cr(0, 0, None));
+        assert_eq!(parse_content_range(" bytes  5-9/10 "), cr(5, 9, Some(10)));
+        for bad in [
+            "bytes */200",
+            "bytes 9-5/10",
+            "bytes 0-10/10",
+            "bytes -1-5/10",
+            "bytes 0-+5/10",
+            "bytes=0-5/10",
+            "bytes0-5/10",
+            "items 0-5/10",
+            "bytes 0-5",
+            "",
+        ] {
+            assert_eq!(parse_content_range(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn partial_answers_must_reach_the_end() {
+        // The resumed request of a 12,032-byte body cut at 5,000.
+        let ok = check_partial(
+            Some("bytes 5000-12031/12032"),
+            Some(7032),
+            5000,
+            Some(12032),
+        );
+        assert_eq!(ok, Ok(12032));
+        // The length was unknown so far: the Content-Range gives it.
+        assert_eq!(
+            check_partial(Some("bytes 5000-12031/12032"), None, 5000, None),
+            Ok(12032)
+        );
+        assert_eq!(
+            check_partial(Some("bytes 5000-12031/*"), None, 5000, Some(12032)),
+            Ok(12032)
+        );
+        let bad = [
+            // short: the reviewer's case
+            (Some("bytes 5000-5999/12032"), Some(1000), Some(12032)),
+            (Some("bytes 5000-5999/*"), None, Some(12032)),
+            // wrong start
+            (Some("bytes 0-12031/12032"), None, Some(12032)),
+            // another length than the first answer gave
+            (Some("bytes 5000-12999/13000"), None, Some(12032)),
+            // length unknowable
+            (Some("bytes 5000-12031/*"), None, None),
+            // Content-Length disagrees
+            (Some("bytes 5000-12031/12032"), Some(7000), Some(12032)),
+            (None, None, Some(12032)),
+            (Some("bytes */12032"), None, Some(12032)),
+        ];
+        for (cr, len, total) in bad {
+            let e = check_partial(cr, len, 5000, total).unwrap_err();
+            assert!(!e.is_empty(), "{cr:?}");
+        }
+        let e = check_partial(Some("bytes 5000-5999/12032"), None, 5000, Some(12032)).unwrap_err();
+        assert!(e.contains("short") && e.contains("5000-5999"), "{e}");
+    }
+
+    #[test]
+    fn partial_state_round_trips() {
+        for p in [
+            Partial {
+                total: Some(12032),
+                validator: "\"etag\"".into(),
+            },
+            Partial {
+                total: None,
+                validator: "Sun, 06 Nov 1994 08:49:37 GMT".into(),
+            },
+            Partial {
+                total: Some(0),
+                validator: String::new(),
+            },
+        ] {
+            assert_eq!(Partial::decode(&p.encode()), Some(p));
+        }
+        // What older versions saved (a bare ETag) is not resumed.
+        assert_eq!(Partial::decode("\"etag\""), None);
+        assert_eq!(Partial::decode(""), None);
+        assert_eq!(Partial::decode("kiln-http-partial/1\nx\n\"e\""), None);
     }
 }
