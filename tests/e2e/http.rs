@@ -260,6 +260,68 @@ fn short_206_on_resume_is_refused_and_the_whole_body_fetched() {
     assert_eq!(std::fs::read(env.path("out/short")).unwrap(), body);
 }
 
+/// A config loading the built http plugin with `config` as its configuration table.
+fn http_config(env: &Env, config: &str) -> String {
+    let so = kiln_tests::plugin_file("kiln_source_http");
+    env.write(
+        "kiln.toml",
+        format!(
+            "version = 1\n[plugins.\"io.kiln.source.v1.http\"]\npath = {:?}\n\
+             [plugins.\"io.kiln.source.v1.http\".config]\n{config}\n",
+            so.display().to_string()
+        ),
+    )
+    .display()
+    .to_string()
+}
+
+/// A server answering a plain GET with 206: a range holding the whole body is the
+/// body; a short one is a failed attempt, and the retry limit ends it with an error
+/// naming the answer (no endless loop of requests).
+#[test]
+fn a_206_to_a_plain_get_is_used_when_whole_and_bounded_when_short() {
+    let srv = HttpServer::start();
+    let body = data(12_032, 5);
+    let mut whole = Route::bytes(body.clone()).etag("\"whole\"");
+    whole.always_partial = true;
+    srv.route("/whole", whole);
+    let mut part = Route::bytes(body.clone()).etag("\"part\"");
+    part.always_partial = true;
+    part.short_ranges = Some(100);
+    srv.route("/part", part);
+    let env = Env::new();
+    let config = http_config(&env, "retries = 2\nretry_backoff_ms = 10");
+
+    let (_, pin) = key_and_pin(&resolve(&env, &srv.url("/whole"), &["--config", &config]));
+    assert_eq!(pin, sha256_of(&body));
+    let gets: Vec<_> = srv
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "GET")
+        .collect();
+    assert_eq!(gets.len(), 1, "{gets:?}");
+    assert_eq!(gets[0].status, 206);
+
+    let started = Instant::now();
+    let run = resolve(&env, &srv.url("/part"), &["--config", &config]);
+    run.expect_code(1);
+    assert!(
+        run.stderr.contains("206")
+            && run.stderr.contains("bytes 0-99/12032")
+            && run.stderr.contains("2 retries"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(srv.count("GET", "/part"), 3, "{:?}", srv.requests());
+    assert!(started.elapsed() < Duration::from_secs(30));
+    // Nothing of it was stored.
+    let blob = env
+        .root()
+        .join("content/blobs/sha256")
+        .join(&sha256_of(&body[..100])["sha256:".len()..]);
+    assert!(!blob.exists(), "{} was stored", blob.display());
+}
+
 #[test]
 fn kill_9_mid_download_then_rerun_fetches_only_the_remainder() {
     let srv = HttpServer::start();

@@ -3,12 +3,12 @@
 //! receives and sends.
 //!
 //! Each path can send an ETag, Last-Modified and Content-Disposition, gzip its body
-//! (when the client accepts it), honour `Range`/`If-Range` (or answer ranges short),
-//! answer `If-None-Match` with 304 (optionally without an ETag, or with a wrong one),
-//! redirect (also to another server, i.e. another host), demand an `Authorization`
-//! value (401 otherwise), answer a fixed status, cut the connection after N body
-//! bytes, or send slowly. Every request is recorded with its method, path and
-//! headers, and the body bytes written are counted.
+//! (when the client accepts it), honour `Range`/`If-Range` (or answer ranges short,
+//! or with 206 always), answer `If-None-Match` with 304 (optionally without an ETag,
+//! or with a wrong one), redirect (also to another server, i.e. another host), demand
+//! an `Authorization` value (401 otherwise), answer a fixed status, cut the
+//! connection after N body bytes, or send slowly. Every request is recorded with its
+//! method, path and headers, and the body bytes written are counted.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -62,6 +62,9 @@ pub struct Route {
     /// Answer a `Range` request with at most this many bytes (a short 206 whose
     /// `Content-Range` says so), as a broken server or proxy might.
     pub short_ranges: Option<u64>,
+    /// Answer requests without a usable `Range` with a 206 too (`bytes 0-…`; with
+    /// `short_ranges`, a short one), as some odd servers do.
+    pub always_partial: bool,
     /// Answer 304 when `If-None-Match` lists the ETag.
     pub honour_if_none_match: bool,
     /// Leave the ETag out of 304 answers.
@@ -382,16 +385,18 @@ fn answer(out: &mut TcpStream, st: &State, seen: &mut Seen) -> std::io::Result<b
                         .map_or(full_len.saturating_sub(1), |e| {
                             e.min(full_len.saturating_sub(1))
                         });
-                    let end = match route.short_ranges {
-                        Some(n) => end.min(start.saturating_add(n.max(1) - 1)),
-                        None => end,
-                    };
                     if if_range_ok && start < full_len && start <= end {
                         range = Some((start, end));
                     }
                 }
             }
         }
+    }
+    if range.is_none() && route.always_partial && full_len > 0 {
+        range = Some((0, full_len - 1));
+    }
+    if let (Some((start, end)), Some(n)) = (&mut range, route.short_ranges) {
+        *end = (*end).min(start.saturating_add(n.max(1) - 1));
     }
     let accepts_gzip = seen
         .header("accept-encoding")

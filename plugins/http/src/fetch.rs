@@ -189,36 +189,29 @@ pub fn get_into_store(
             .header("Content-Length")
             .and_then(|v| v.trim().parse::<u64>().ok());
         let (start, total) = if status == 206 {
-            let checked = match &saved {
-                Some(p) => check_partial(
-                    resp.header("Content-Range").as_deref(),
-                    content_length,
-                    offset,
-                    p.total,
-                ),
-                None => Err("no range was asked for".to_string()),
-            };
-            match checked {
-                Ok(total) => {
-                    tracing::info!("{id}: resuming at byte {offset} of {total}");
-                    let p = saved.as_ref().expect("checked above");
-                    if p.total.is_none() {
-                        // Keep the length the server told, for a later resume.
-                        let v = Partial {
-                            total: Some(total),
-                            validator: p.validator.clone(),
-                        };
-                        writer
-                            .set_validator(&v.encode())
-                            .map_err(|e| e.context(format!("{id}: content store")))?;
-                    }
-                    (offset, Some(total))
-                }
+            // The answer to a resumed request, or (from odd servers) to a plain GET:
+            // then it must hold the whole body.
+            match check_partial(
+                resp.header("Content-Range").as_deref(),
+                content_length,
+                offset,
+                saved.as_ref().and_then(|p| p.total),
+            ) {
+                Ok(total) => (offset, Some(total)),
                 Err(why) => {
-                    tracing::warn!(
-                        "{id}: unusable partial response ({why}); downloading the whole body"
-                    );
+                    // Never loop on it: the next attempt asks for the whole body, and
+                    // the attempt counts against the retries.
                     no_range = true;
+                    let why = if offset > 0 {
+                        format!(
+                            "unusable 206 answer to the request resuming at byte {offset}: {why}"
+                        )
+                    } else {
+                        format!("206 answer to a request for the whole body: {why}")
+                    };
+                    retry_or_fail(ctx, &mut failures, &why, None, |m| {
+                        PluginError::new(ErrorCode::INTERNAL, m)
+                    })?;
                     continue;
                 }
             }
@@ -228,21 +221,34 @@ pub fn get_into_store(
                     .reset()
                     .map_err(|e| e.context(format!("{id}: content store")))?;
             }
-            // What a later run may resume against: a strong ETag, else Last-Modified,
-            // with the full length (absent when ureq decoded a compressed body).
-            let v = Partial {
-                total: content_length,
+            (0, content_length)
+        };
+        if start > 0 {
+            tracing::info!("{id}: resuming at byte {start}");
+        }
+        let keep = match &saved {
+            // Resumed: keep the validator, adding the length if it was unknown.
+            Some(p) if start > 0 => p.total.is_none().then(|| Partial {
+                total,
+                validator: p.validator.clone(),
+            }),
+            // From the start: what a later attempt or run may resume against, a strong
+            // ETag, else Last-Modified, with the full length (absent when ureq
+            // decoded a compressed body).
+            _ => Some(Partial {
+                total,
                 validator: resp
                     .header("ETag")
                     .filter(|e| !e.starts_with("W/"))
                     .or_else(|| resp.header("Last-Modified"))
                     .unwrap_or_default(),
-            };
+            }),
+        };
+        if let Some(v) = keep {
             writer
                 .set_validator(&v.encode())
                 .map_err(|e| e.context(format!("{id}: content store")))?;
-            (0, content_length)
-        };
+        }
         let meta = (
             resp.header("ETag")
                 .map(|v| etag_value(&v))
@@ -276,19 +282,33 @@ pub fn get_into_store(
                 ctx.job.progress_finish(&task, 0, Some(&e.message));
                 return Err(e);
             }
-            Err(StreamError::Read(e)) => e.to_string(),
+            Err(StreamError::Read(e)) => format!("download broke off: {e}"),
         };
-        if failures >= ctx.cfg.retries {
-            let msg = format!(
-                "{id}: download broke off after {} retries: {why}",
-                ctx.cfg.retries
-            );
-            ctx.job.progress_finish(&task, 0, Some(&msg));
-            return Err(PluginError::network(msg));
-        }
-        failures += 1;
-        backoff(ctx, failures, &why)?;
+        retry_or_fail(ctx, &mut failures, &why, Some(&task), PluginError::network)?;
     }
+}
+
+/// Counts a failed attempt and waits before the next one; once the retries are used
+/// up, fails with `why` (made an error by `error`), finishing the `task`'s progress.
+fn retry_or_fail(
+    ctx: &Ctx<'_, '_>,
+    failures: &mut u32,
+    why: &str,
+    task: Option<&str>,
+    error: impl FnOnce(String) -> PluginError,
+) -> Result<()> {
+    if *failures >= ctx.cfg.retries {
+        let e = error(format!(
+            "{}: {why} (gave up after {} retries)",
+            ctx.id, ctx.cfg.retries
+        ));
+        if let Some(task) = task {
+            ctx.job.progress_finish(task, 0, Some(&e.message));
+        }
+        return Err(e);
+    }
+    *failures += 1;
+    backoff(ctx, *failures, why)
 }
 
 fn commit_error(id: &HttpIdentifier, e: PluginError) -> PluginError {
@@ -425,7 +445,7 @@ pub fn check_partial(
     };
     if cr.last + 1 != total {
         return Err(format!(
-            "Content-Range {shown:?} stops short of the end (byte {total})"
+            "Content-Range {shown:?} stops short of the end of the {total}-byte body"
         ));
     }
     if let Some(len) = content_length {
@@ -595,6 +615,18 @@ mod tests {
         for (cr, len, total) in bad {
             let e = check_partial(cr, len, 5000, total).unwrap_err();
             assert!(!e.is_empty(), "{cr:?}");
+        }
+        // A 206 to a plain GET: usable only when it holds the whole body.
+        assert_eq!(
+            check_partial(Some("bytes 0-12031/12032"), Some(12032), 0, None),
+            Ok(12032)
+        );
+        for cr in [
+            "bytes 0-99/12032",
+            "bytes 0-12031/*",
+            "bytes 100-12031/12032",
+        ] {
+            assert!(check_partial(Some(cr), None, 0, None).is_err(), "{cr}");
         }
         let e = check_partial(Some("bytes 5000-5999/12032"), None, 5000, Some(12032)).unwrap_err();
         assert!(e.contains("short") && e.contains("5000-5999"), "{e}");
