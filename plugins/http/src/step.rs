@@ -318,9 +318,17 @@ fn link_unshared_blob(blob: &Path, target: &Path) -> bool {
     }
 }
 
+/// Whether the snapshot's file may be the blob itself: its metadata is then the
+/// blob's, so only a mode the store can still read the blob with (owner read, no
+/// set-id or sticky bit) and no change of owner qualify.
+fn may_link(mode: u32, uid: u32, gid: u32) -> bool {
+    mode & 0o400 != 0 && mode & 0o7000 == 0 && uid == 0 && gid == 0
+}
+
 /// Writes `dest/name` with the content of `blob` and `mode`, owner and mtime: a hard
-/// link to the blob when no snapshot shares it yet (the blob is immutable content;
-/// its mode and times are the snapshot's), else an in-kernel copy.
+/// link to the blob when that is safe (see [`may_link`]) and no snapshot shares it
+/// yet, else an in-kernel copy. A linked file gets its mode and modification time;
+/// its access time is left alone (the store reads a blob's last use from it).
 pub fn write_file(
     blob: &Path,
     dest: &Path,
@@ -334,31 +342,35 @@ pub fn write_file(
     let ctx = |what: &str, e: std::io::Error| {
         PluginError::internal(format!("{what} {}: {e}", target.display()))
     };
-    let out = if link_unshared_blob(blob, &target) {
-        OpenOptions::new()
+    if may_link(mode, uid, gid) && link_unshared_blob(blob, &target) {
+        let out = OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_NOFOLLOW)
             .open(&target)
-            .map_err(|e| ctx("opening", e))?
-    } else {
-        let mut src = File::open(blob)
-            .map_err(|e| PluginError::internal(format!("opening blob {}: {e}", blob.display())))?;
-        let mut out = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&target)
-            .map_err(|e| ctx("creating", e))?;
-        std::io::copy(&mut src, &mut out).map_err(|e| ctx("writing", e))?;
-        out
-    };
-    out.set_permissions(std::fs::Permissions::from_mode(mode))
-        .map_err(|e| ctx("chmod", e))?;
+            .map_err(|e| ctx("opening", e))?;
+        out.set_permissions(std::fs::Permissions::from_mode(mode))
+            .map_err(|e| ctx("chmod", e))?;
+        out.set_times(FileTimes::new().set_modified(mtime))
+            .map_err(|e| ctx("setting mtime of", e))?;
+        return Ok(());
+    }
+    let mut src = File::open(blob)
+        .map_err(|e| PluginError::internal(format!("opening blob {}: {e}", blob.display())))?;
+    let mut out = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&target)
+        .map_err(|e| ctx("creating", e))?;
+    std::io::copy(&mut src, &mut out).map_err(|e| ctx("writing", e))?;
     if uid != 0 || gid != 0 {
         std::os::unix::fs::fchown(&out, Some(uid), Some(gid))
             .map_err(|e| ctx(&format!("chown {uid}:{gid}"), e))?;
     }
+    // After the chown, which clears set-id bits.
+    out.set_permissions(std::fs::Permissions::from_mode(mode))
+        .map_err(|e| ctx("chmod", e))?;
     out.set_times(FileTimes::new().set_accessed(mtime).set_modified(mtime))
         .map_err(|e| ctx("setting mtime of", e))?;
     Ok(())
@@ -445,6 +457,8 @@ mod tests {
         // with other metadata is a copy, and the first keeps its mode and time.
         let blob_md = std::fs::metadata(&blob).unwrap();
         assert_eq!(md.ino(), blob_md.ino());
+        // Only the modification time moved: the access time is the store's.
+        assert_ne!(blob_md.atime(), 784111777);
         let dest2 = dir.path().join("stage2");
         std::fs::create_dir(&dest2).unwrap();
         write_file(&blob, &dest2, "foo", 0o600, 0, 0, mtime(None)).unwrap();
@@ -454,5 +468,77 @@ mod tests {
         assert_eq!(std::fs::read(dest2.join("foo")).unwrap(), b"content1");
         let md = std::fs::metadata(dest.join("foo")).unwrap();
         assert_eq!((md.mode() & 0o7777, md.mtime()), (0o640, 784111777));
+    }
+
+    /// A blob as the store leaves it: read-only, last used at `used`.
+    fn stored_blob(dir: &Path, name: &str, used: SystemTime) -> PathBuf {
+        let blob = dir.join(name);
+        std::fs::write(&blob, b"blob data").unwrap();
+        std::fs::set_permissions(&blob, std::fs::Permissions::from_mode(0o444)).unwrap();
+        File::open(&blob)
+            .unwrap()
+            .set_times(FileTimes::new().set_accessed(used).set_modified(used))
+            .unwrap();
+        blob
+    }
+
+    #[test]
+    fn a_linked_snapshot_keeps_the_blobs_last_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let used = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let blob = stored_blob(dir.path(), "blob", used);
+        let t = mtime(Some("Sun, 06 Nov 1994 08:49:37 GMT"));
+        write_file(&blob, dir.path(), "out", 0o644, 0, 0, t).unwrap();
+        // Metadata only (reading the file could move its atime under relatime).
+        let md = std::fs::metadata(dir.path().join("out")).unwrap();
+        let blob_md = std::fs::metadata(&blob).unwrap();
+        assert_eq!(md.ino(), blob_md.ino(), "linked");
+        assert_eq!((md.mode() & 0o7777, md.mtime()), (0o644, 784111777));
+        assert_eq!(blob_md.atime(), 1_700_000_000, "the store's last-use time");
+    }
+
+    #[test]
+    fn unsafe_metadata_is_never_set_on_the_blob() {
+        let dir = tempfile::tempdir().unwrap();
+        let used = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let t = mtime(Some("Sun, 06 Nov 1994 08:49:37 GMT"));
+        // SAFETY: plain getters.
+        let (euid, egid) = unsafe { (libc::geteuid(), libc::getegid()) };
+        // Root may give the file any owner; others only their own (non-zero) ids.
+        let (uid, gid) = if euid == 0 {
+            (1000, 1000)
+        } else {
+            (euid, egid)
+        };
+        let cases = [
+            ("no-owner-read", 0o044, 0, 0),
+            ("none", 0o000, 0, 0),
+            ("setuid", 0o4755, 0, 0),
+            ("owned", 0o644, uid, gid),
+        ];
+        for (name, mode, uid, gid) in cases {
+            let blob = stored_blob(dir.path(), &format!("blob-{name}"), used);
+            write_file(&blob, dir.path(), name, mode, uid, gid, t).unwrap();
+            let md = std::fs::metadata(dir.path().join(name)).unwrap();
+            let blob_md = std::fs::metadata(&blob).unwrap();
+            assert_ne!(md.ino(), blob_md.ino(), "{name}: copied, not linked");
+            assert_eq!(
+                (md.mode() & 0o7777, md.uid(), md.gid(), md.mtime()),
+                (mode, uid, gid, 784111777),
+                "{name}: the snapshot's file"
+            );
+            assert_eq!(
+                (blob_md.mode() & 0o7777, blob_md.uid(), blob_md.gid()),
+                (0o444, euid, egid),
+                "{name}: the blob is untouched"
+            );
+            // (Copying reads it, which may move its atime forward: a use.)
+            assert!(blob_md.atime() >= 1_700_000_000, "{name}");
+            assert_eq!(
+                (blob_md.mtime(), blob_md.nlink()),
+                (1_700_000_000, 1),
+                "{name}"
+            );
+        }
     }
 }
