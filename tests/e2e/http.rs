@@ -584,3 +584,99 @@ fn sha256_hex(data: &[u8]) -> String {
         .unwrap();
     String::from_utf8(out.stdout).unwrap()[..64].to_string()
 }
+
+/// The proxy variables, cleared so that a test sees only what it sets.
+const PROXY_VARS: [&str; 6] = [
+    "HTTP_PROXY",
+    "http_proxy",
+    "HTTPS_PROXY",
+    "https_proxy",
+    "NO_PROXY",
+    "no_proxy",
+];
+
+/// `kiln source resolve URL --json ARGS` with these proxy variables (and no others).
+fn resolve_with_env(env: &Env, url: &str, vars: &[(&str, String)], args: &[&str]) -> Run {
+    let mut cmd = env.command();
+    cmd.args(["source", "resolve", url, "--json"]).args(args);
+    for v in PROXY_VARS {
+        cmd.env_remove(v);
+    }
+    cmd.envs(vars.iter().map(|(k, v)| (k, v)));
+    cmd.output().expect("run kiln").into()
+}
+
+/// As Go's client does, a loopback host never goes through the environment's proxy
+/// (here one that nothing listens on).
+#[test]
+fn loopback_ignores_an_unreachable_http_proxy() {
+    let srv = HttpServer::start();
+    srv.route("/foo", Route::bytes("content1").etag("\"e1\""));
+    let env = Env::new();
+    let dead = "http://127.0.0.1:9".to_string();
+    let vars = [("HTTP_PROXY", dead.clone()), ("HTTPS_PROXY", dead)];
+    let (key, pin) = key_and_pin(&resolve_with_env(&env, &srv.url("/foo"), &vars, &[]));
+    assert_eq!((key.as_str(), pin.as_str()), (FOO_KEY, CONTENT1_DIGEST));
+    let (_, pin) = key_and_pin(&resolve_with_env(
+        &env,
+        &srv.url_with_host("localhost", "/foo"),
+        &vars,
+        &[],
+    ));
+    assert_eq!(pin, CONTENT1_DIGEST);
+    assert!(srv.requests().iter().all(|r| r.proxied_to.is_none()));
+}
+
+/// Other hosts go through `HTTP_PROXY` (the test server acting as the proxy of a
+/// name that never resolves), chosen per redirect hop; `NO_PROXY` sends them direct.
+#[test]
+fn http_proxy_from_the_environment_is_used_per_hop_and_no_proxy_bypasses_it() {
+    let srv = HttpServer::start();
+    let far = format!("http://kiln-proxy-test.invalid:{}", srv.port());
+    srv.route("/px", Route::bytes("via proxy").etag("\"px\""));
+    srv.route(
+        "/hop",
+        Route {
+            redirect: Some(format!("{far}/px")),
+            ..Route::default()
+        },
+    );
+    let env = Env::new();
+    let proxy = vec![("http_proxy", srv.url(""))];
+    let (_, pin) = key_and_pin(&resolve_with_env(&env, &format!("{far}/px"), &proxy, &[]));
+    assert_eq!(pin, sha256_of(b"via proxy"));
+    let get = srv
+        .requests()
+        .into_iter()
+        .find(|r| r.method == "GET")
+        .expect("a GET through the proxy");
+    assert_eq!(get.proxied_to.as_deref(), Some(far.as_str()), "{get:?}");
+    assert_eq!(get.path, "/px");
+
+    // The first hop is loopback (direct), the second goes through the proxy.
+    srv.reset_counters();
+    let (_, pin) = key_and_pin(&resolve_with_env(&env, &srv.url("/hop"), &proxy, &[]));
+    assert_eq!(pin, sha256_of(b"via proxy"));
+    let reqs = srv.requests();
+    let hop = reqs.iter().find(|r| r.path == "/hop").expect("/hop");
+    assert_eq!(hop.proxied_to, None, "{hop:?}");
+    assert!(
+        reqs.iter()
+            .any(|r| r.path == "/px" && r.proxied_to.as_deref() == Some(far.as_str())),
+        "{reqs:?}"
+    );
+
+    // Excepted by NO_PROXY: direct, so the name must resolve, and it never does.
+    srv.reset_counters();
+    let mut vars = proxy.clone();
+    vars.push(("NO_PROXY", "example.com, .invalid".into()));
+    let config = http_config(&env, "retries = 0");
+    let run = resolve_with_env(&env, &format!("{far}/px?2"), &vars, &["--config", &config]);
+    run.expect_code(1);
+    assert!(
+        run.stderr.contains("kiln-proxy-test.invalid"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(srv.requests().len(), 0, "{:?}", srv.requests());
+}

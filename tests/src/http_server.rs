@@ -8,7 +8,9 @@
 //! or with a wrong one), redirect (also to another server, i.e. another host), demand
 //! an `Authorization` value (401 otherwise), answer a fixed status, cut the
 //! connection after N body bytes, or send slowly. Every request is recorded with its
-//! method, path and headers, and the body bytes written are counted.
+//! method, path and headers, and the body bytes written are counted. A request in
+//! absolute form (`GET http://host/path`) is answered too, the server acting as an
+//! HTTP proxy.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -110,6 +112,10 @@ pub struct Seen {
     pub method: String,
     /// The path with its query.
     pub path: String,
+    /// The `scheme://authority` of a request in absolute form (`GET http://host/path`),
+    /// as a client sends it to an HTTP proxy; the server then acts as that proxy
+    /// and answers from its routes.
+    pub proxied_to: Option<String>,
     /// Header names lowercased, in arrival order.
     pub headers: Vec<(String, String)>,
     /// Status answered.
@@ -249,7 +255,16 @@ fn serve_connection(stream: TcpStream, st: &State) -> std::io::Result<()> {
         let (Some(method), Some(path)) = (parts.next(), parts.next()) else {
             return Ok(());
         };
-        let (method, path) = (method.to_string(), path.to_string());
+        let (method, mut path) = (method.to_string(), path.to_string());
+        let mut proxied_to = None;
+        if let Some(rest) = path.strip_prefix("http://") {
+            let cut = rest.find('/').unwrap_or(rest.len());
+            proxied_to = Some(format!("http://{}", &rest[..cut]));
+            path = match &rest[cut..] {
+                "" => "/".to_string(),
+                p => p.to_string(),
+            };
+        }
         let mut headers = Vec::new();
         loop {
             let mut h = String::new();
@@ -267,6 +282,7 @@ fn serve_connection(stream: TcpStream, st: &State) -> std::io::Result<()> {
         let mut seen = Seen {
             method,
             path,
+            proxied_to,
             headers,
             status: 0,
             body_bytes: 0,

@@ -6,6 +6,7 @@ use kiln_plugin_api::{ErrorCode, Job, PluginError, Result};
 use url::Url;
 
 use crate::ident::{redact_url, scrub, HttpIdentifier};
+use crate::proxy::Agents;
 
 /// Redirects followed before giving up.
 pub const MAX_REDIRECTS: usize = 10;
@@ -80,9 +81,10 @@ impl Response {
     }
 }
 
-/// Sends `method` to `id`'s URL with `extra` headers, following redirects.
+/// Sends `method` to `id`'s URL with `extra` headers, following redirects; each hop
+/// goes through the proxy (or none) its URL calls for.
 pub fn send(
-    agent: &ureq::Agent,
+    agents: &Agents,
     id: &HttpIdentifier,
     auth: Option<&str>,
     method: &str,
@@ -96,7 +98,7 @@ pub fn send(
     );
     let mut method = method.to_string();
     for hop in 0..=MAX_REDIRECTS {
-        let mut req = agent.request_url(&method, &url);
+        let mut req = agents.for_url(&url).request_url(&method, &url);
         for h in &id.headers {
             req = req.set(&h.name, &h.value);
         }

@@ -6,11 +6,16 @@
 //! read_timeout_secs = 60           # no byte for this long: the attempt fails (and is retried)
 //! retries = 5                      # further attempts after a reset, timeout or 5xx
 //! retry_backoff_ms = 250           # first pause; doubles each attempt, capped at 10 s
-//! proxy = "http://proxy:3128"      # optional; http, socks4, socks5 forms as ureq reads them
+//! proxy = "http://proxy:3128"      # optional: every request goes through it
 //! ca_certs = ["/etc/ssl/extra.pem"]  # extra PEM CA certificates, besides the built-in roots
 //! max_concurrent_downloads = 4     # bodies streamed at once in this process
 //! user_agent = "kiln/0.1"          # default User-Agent (http.header.user-agent overrides)
 //! ```
+//!
+//! Without `proxy`, the environment chooses per request as Go's
+//! `http.ProxyFromEnvironment` does (see [`crate::proxy`]): `HTTPS_PROXY` for https
+//! URLs, `HTTP_PROXY` for http URLs, `NO_PROXY` exceptions, never for `localhost` or
+//! loopback addresses.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -20,6 +25,8 @@ use kiln_plugin_api::{parse_config, PluginError, Result};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
 use serde::Deserialize;
+
+use crate::proxy::{Agents, ProxyEnv};
 
 /// The parsed configuration.
 #[derive(Clone, Debug, Deserialize)]
@@ -87,30 +94,46 @@ impl Config {
         Duration::from_millis(ms.min(10_000))
     }
 
-    /// Builds the HTTP agent: timeouts, no automatic redirects (the plugin follows
-    /// them itself), proxy and CA roots.
-    pub fn agent(&self) -> Result<ureq::Agent> {
-        let mut b = ureq::AgentBuilder::new()
-            .timeout_connect(Duration::from_secs(self.connect_timeout_secs))
-            .timeout_read(Duration::from_secs(self.read_timeout_secs))
-            .timeout_write(Duration::from_secs(self.read_timeout_secs))
-            .redirects(0)
-            .max_idle_connections_per_host(4)
-            .user_agent(
-                self.user_agent
-                    .as_deref()
-                    .unwrap_or(concat!("kiln/", env!("CARGO_PKG_VERSION"))),
-            );
-        if let Some(p) = &self.proxy {
-            let proxy = ureq::Proxy::new(p).map_err(|e| {
-                PluginError::invalid_config(format!("proxy {}: {e}", crate::ident::redact_str(p)))
-            })?;
-            b = b.proxy(proxy);
+    /// Builds the HTTP agents: timeouts, no automatic redirects (the plugin follows
+    /// them itself), CA roots, and the configured proxy or, without one, the
+    /// environment's proxies.
+    pub fn agents(&self) -> Result<Agents> {
+        let tls = if self.ca_certs.is_empty() {
+            None
+        } else {
+            Some(self.tls_config()?)
+        };
+        let builder = || {
+            let b = ureq::AgentBuilder::new()
+                .timeout_connect(Duration::from_secs(self.connect_timeout_secs))
+                .timeout_read(Duration::from_secs(self.read_timeout_secs))
+                .timeout_write(Duration::from_secs(self.read_timeout_secs))
+                .redirects(0)
+                .max_idle_connections_per_host(4)
+                // The environment is read here, not by ureq (whose rules differ).
+                .try_proxy_from_env(false)
+                .user_agent(
+                    self.user_agent
+                        .as_deref()
+                        .unwrap_or(concat!("kiln/", env!("CARGO_PKG_VERSION"))),
+                );
+            match &tls {
+                Some(t) => b.tls_config(t.clone()),
+                None => b,
+            }
+        };
+        match &self.proxy {
+            Some(p) => {
+                let proxy = ureq::Proxy::new(p).map_err(|e| {
+                    PluginError::invalid_config(format!(
+                        "proxy {}: {e}",
+                        crate::ident::redact_str(p)
+                    ))
+                })?;
+                Ok(Agents::single(builder().proxy(proxy).build()))
+            }
+            None => Ok(Agents::from_env(builder, ProxyEnv::from_env())),
         }
-        if !self.ca_certs.is_empty() {
-            b = b.tls_config(self.tls_config()?);
-        }
-        Ok(b.build())
     }
 
     fn tls_config(&self) -> Result<Arc<rustls::ClientConfig>> {
@@ -163,12 +186,12 @@ mod tests {
         assert!(e.message.contains("max_concurrent_downloads"), "{e}");
         let e = Config::parse("ca_certs = [\"/nonexistent/ca.pem\"]")
             .unwrap()
-            .agent()
+            .agents()
             .unwrap_err();
         assert!(e.message.contains("/nonexistent/ca.pem"), "{e}");
         assert!(Config::parse("proxy = \"http://127.0.0.1:3128\"")
             .unwrap()
-            .agent()
+            .agents()
             .is_ok());
     }
 

@@ -15,6 +15,7 @@ use kiln_plugin_api::{BlobWriter, ErrorCode, Host, Job, PluginError, Result};
 use crate::client::{self, etag_value, Response};
 use crate::config::Config;
 use crate::ident::HttpIdentifier;
+use crate::proxy::Agents;
 
 /// Bytes per buffer handed from the reader thread.
 const CHUNK: usize = 1 << 20;
@@ -93,8 +94,8 @@ impl Semaphore {
 pub struct Ctx<'a, 'j> {
     /// Plugin configuration.
     pub cfg: &'a Config,
-    /// The HTTP agent.
-    pub agent: &'a ureq::Agent,
+    /// The HTTP agents.
+    pub agents: &'a Agents,
     /// The host's services.
     pub host: &'a Host,
     /// What to fetch.
@@ -160,7 +161,7 @@ pub fn get_into_store(
             headers.push(("Range", &range));
             headers.push(("If-Range", &p.validator));
         }
-        let resp = match client::send(ctx.agent, id, ctx.auth, "GET", &headers) {
+        let resp = match client::send(ctx.agents, id, ctx.auth, "GET", &headers) {
             Ok(r) => r,
             Err(e) if e.retryable && failures < ctx.cfg.retries => {
                 failures += 1;

@@ -11,7 +11,9 @@
 //! - downloads stream into the host's content store, resume with `Range` after a cut
 //!   or a killed process, retry with backoff; one process at a time per URL;
 //! - secrets `HTTP_AUTH_HEADER_<host>`, `HTTP_AUTH_TOKEN_<host>` or the one named by
-//!   `http.authheadersecret`; credentials never shown.
+//!   `http.authheadersecret`; credentials never shown;
+//! - `HTTP_PROXY`, `HTTPS_PROXY` and `NO_PROXY` as Go reads them, unless the config
+//!   names a proxy.
 //!
 //! Configuration: see [`config`].
 
@@ -22,6 +24,7 @@ pub mod filename;
 pub mod gojson;
 pub mod ident;
 pub mod index;
+pub mod proxy;
 pub mod step;
 
 use std::sync::Arc;
@@ -70,12 +73,12 @@ impl Plugin for HttpSource {
 
     fn new(config: &str, host: Host) -> Result<Self> {
         let cfg = Config::parse(config)?;
-        let agent = cfg.agent()?;
+        let agents = cfg.agents()?;
         let slots = Semaphore::new(cfg.max_concurrent_downloads);
         Ok(HttpSource {
             shared: Arc::new(Shared {
                 cfg,
-                agent,
+                agents,
                 host,
                 index: Default::default(),
                 slots,

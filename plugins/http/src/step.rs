@@ -18,6 +18,7 @@ use crate::filename::file_name;
 use crate::gojson;
 use crate::ident::HttpIdentifier;
 use crate::index::{Entry, EtagIndex};
+use crate::proxy::Agents;
 
 /// Jobs whose resolutions are remembered.
 const MEMO_JOBS: usize = 32;
@@ -64,8 +65,8 @@ impl Memo {
 pub struct Shared {
     /// Configuration.
     pub cfg: Config,
-    /// HTTP agent (connection pool).
-    pub agent: ureq::Agent,
+    /// HTTP agents (connection pools), direct and proxied.
+    pub agents: Agents,
     /// Host services.
     pub host: Host,
     /// The ETag index, opened on first use (loading the plugin touches no disk).
@@ -105,7 +106,7 @@ impl HttpStep {
     fn ctx<'a, 'j>(&'a self, auth: Option<&'a str>, job: &'a Job<'j>) -> Ctx<'a, 'j> {
         Ctx {
             cfg: &self.shared.cfg,
-            agent: &self.shared.agent,
+            agents: &self.shared.agents,
             host: &self.shared.host,
             id: &self.id,
             auth,
@@ -172,7 +173,7 @@ impl HttpStep {
         };
         if !candidates.is_empty() {
             match client::send(
-                &s.agent,
+                &s.agents,
                 id,
                 auth.as_deref(),
                 "HEAD",
