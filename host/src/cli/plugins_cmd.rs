@@ -17,7 +17,8 @@ pub enum PluginsCommand {
 /// Runs a plugins command.
 pub fn run(g: &Globals, cmd: PluginsCommand) -> Result<(), CliError> {
     let PluginsCommand::List { json } = cmd;
-    let app = g.app(LoadOptions { hash_all: true })?;
+    // Only the JSON listing shows each file's sha256, so only it pays for hashing.
+    let app = g.app(LoadOptions { hash_all: json })?;
     if json {
         let rows: Vec<serde_json::Value> = app
             .plugin_statuses

@@ -91,22 +91,29 @@ pub fn open_plugin(path: &Path, pin: Option<&str>, hash: bool) -> Result<OpenedL
         ));
     }
 
-    let (load_fd, sha256) = if pin.is_some() || hash {
-        let mut bytes = Vec::with_capacity(meta.len() as usize);
-        (&file)
-            .read_to_end(&mut bytes)
-            .map_err(|e| OpenError::new(format!("cannot read: {e}")))?;
-        let digest = hex::encode(Sha256::digest(&bytes));
-        if let Some(pin) = pin {
+    let (load_fd, sha256) = match pin {
+        // Pinned: the bytes that run are the bytes that were verified.
+        Some(pin) => {
+            let mut bytes = Vec::with_capacity(meta.len() as usize);
+            (&file)
+                .read_to_end(&mut bytes)
+                .map_err(|e| OpenError::new(format!("cannot read: {e}")))?;
+            let digest = hex::encode(Sha256::digest(&bytes));
             if pin != digest {
                 return Err(OpenError::new(format!(
                     "sha256 mismatch: the configuration pins {pin}, the file has {digest}"
                 )));
             }
+            (sealed_memfd(&bytes)?, Some(digest))
         }
-        (sealed_memfd(&bytes)?, Some(digest))
-    } else {
-        (file, None)
+        // Unpinned: the hash is for display only (`plugins list`), read from the same
+        // open file that is then loaded.
+        None if hash => {
+            let digest =
+                reader_sha256(&file).map_err(|e| OpenError::new(format!("cannot read: {e}")))?;
+            (file, Some(digest))
+        }
+        None => (file, None),
     };
 
     let fd_path = format!("/proc/self/fd/{}", load_fd.as_raw_fd());
@@ -232,20 +239,18 @@ fn sealed_memfd(bytes: &[u8]) -> Result<File, OpenError> {
     Ok(file)
 }
 
-/// The sha256 (hex) of a file, read through `O_NOFOLLOW`.
-pub fn file_sha256(path: &Path) -> std::io::Result<String> {
-    let mut file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path)?;
+/// The sha256 (hex) of everything `file` holds, read from its start.
+fn reader_sha256(file: &File) -> std::io::Result<String> {
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
+    let mut offset = 0;
     loop {
-        let n = file.read(&mut buf)?;
+        let n = std::os::unix::fs::FileExt::read_at(file, &mut buf, offset)?;
         if n == 0 {
             break;
         }
         hasher.update(&buf[..n]);
+        offset += n as u64;
     }
     Ok(hex::encode(hasher.finalize()))
 }

@@ -15,7 +15,6 @@ use kiln_plugin_api::ErrorCode;
 use serde::Serialize;
 
 pub use host_services::{HostContext, JobContextImpl};
-pub use loader::file_sha256;
 
 use crate::config::{Config, ConfigError};
 
