@@ -88,6 +88,12 @@ impl<'a> Copier<'a> {
     /// Copies what is inside the directory `src` into the directory `dst` (created if
     /// missing, with `src`'s metadata; an existing `dst` keeps its own).
     pub fn copy_contents(&mut self, src: &Path, dst: &Path) -> Result<()> {
+        self.copy_dir_root(src, dst, true)
+    }
+
+    /// Copies the directory `src` onto `dst`; `keep_dst_meta`: an existing `dst` keeps
+    /// its own metadata instead of taking `src`'s.
+    fn copy_dir_root(&mut self, src: &Path, dst: &Path, keep_dst_meta: bool) -> Result<()> {
         let meta = fs::symlink_metadata(src).ctx("stat", src)?;
         if !meta.is_dir() {
             return Err(WorkerError::io(
@@ -102,7 +108,7 @@ impl<'a> Copier<'a> {
             Path::new(""),
             &meta,
             &FilterState::default(),
-            true,
+            keep_dst_meta,
         )
     }
 
@@ -397,23 +403,8 @@ pub fn copy_tree(src: &Path, dst: &Path, cancel: Option<&AtomicBool>) -> Result<
         cancel,
         ..Default::default()
     });
-    let meta = fs::symlink_metadata(src).ctx("stat", src)?;
-    if !meta.is_dir() {
-        return Err(WorkerError::io(
-            "copy",
-            src,
-            io::Error::from_raw_os_error(libc::ENOTDIR),
-        ));
-    }
     // The root takes the source's metadata even when `dst` exists (an empty staging dir).
-    c.copy_entry(
-        src,
-        dst,
-        Path::new(""),
-        &meta,
-        &FilterState::default(),
-        false,
-    )
+    c.copy_dir_root(src, dst, false)
 }
 
 #[cfg(test)]
