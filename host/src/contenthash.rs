@@ -232,16 +232,20 @@ impl ContentHasher {
         Self::default()
     }
 
-    /// The tree hash of snapshot `id` whose tree is at `root` (blocking: call it from
-    /// a blocking thread).
-    pub fn tree(&self, id: &str, root: &Path) -> Result<Arc<TreeHash>, ContentHashError> {
-        let slot = self
-            .trees
+    /// The memo slot of snapshot `id` (created empty on first use).
+    fn slot(&self, id: &str) -> Arc<Mutex<Option<Arc<TreeHash>>>> {
+        self.trees
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .entry(id.to_string())
             .or_default()
-            .clone();
+            .clone()
+    }
+
+    /// The tree hash of snapshot `id` whose tree is at `root` (blocking: call it from
+    /// a blocking thread).
+    pub fn tree(&self, id: &str, root: &Path) -> Result<Arc<TreeHash>, ContentHashError> {
+        let slot = self.slot(id);
         // Holding the slot's lock while hashing makes other callers for the same
         // snapshot wait for this walk; errors are not memoised.
         let mut guard = slot.lock().unwrap_or_else(|e| e.into_inner());
@@ -256,13 +260,7 @@ impl ContentHasher {
     /// Records the tree hash of snapshot `id`, computed before it was committed (or of
     /// an identical tree).
     pub fn insert(&self, id: &str, tree: Arc<TreeHash>) {
-        let slot = self
-            .trees
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(id.to_string())
-            .or_default()
-            .clone();
+        let slot = self.slot(id);
         let mut guard = slot.lock().unwrap_or_else(|e| e.into_inner());
         guard.get_or_insert(tree);
     }
