@@ -402,62 +402,44 @@ fn configuration_errors_name_the_file_line_and_column() {
 fn two_plugins_claiming_one_scheme_or_id_are_a_configuration_error() {
     let env = Env::new();
     let so = plugin_file(TESTSRC);
-    let clash = plugin_file("kiln_test_plugin_clash");
-    let config = testsrc_config(
-        &env,
-        &so,
-        &format!(
-            "[plugins.\"io.kiln.test.v1.clash\"]\npath = {:?}\n",
-            clash.display().to_string()
-        ),
-    );
-    let run = env.kiln([
-        "--config".as_ref(),
-        config.as_os_str(),
-        "plugins".as_ref(),
-        "list".as_ref(),
-    ]);
-    run.expect_code(2);
-    for want in [
-        so.to_str().unwrap(),
-        clash.to_str().unwrap(),
-        "both claim the scheme \"testsrc\"",
-    ] {
-        assert!(
-            run.stderr.contains(want),
-            "{want} missing from {}",
-            run.stderr
+    // testsrc plus `other` (configured as `id`) must be refused, naming both files.
+    let refused = |id: &str, other: &Path, why: &str| {
+        let config = testsrc_config(
+            &env,
+            &so,
+            &format!(
+                "[plugins.\"{id}\"]\npath = {:?}\n",
+                other.display().to_string()
+            ),
         );
-    }
-
+        let run = env.kiln([
+            "--config".as_ref(),
+            config.as_os_str(),
+            "plugins".as_ref(),
+            "list".as_ref(),
+        ]);
+        run.expect_code(2);
+        for want in [so.to_str().unwrap(), other.to_str().unwrap(), why] {
+            assert!(
+                run.stderr.contains(want),
+                "{want} missing from {}",
+                run.stderr
+            );
+        }
+    };
+    let clash = plugin_file("kiln_test_plugin_clash");
+    refused(
+        "io.kiln.test.v1.clash",
+        &clash,
+        "both claim the scheme \"testsrc\"",
+    );
     let copy = env.path("other/libcopy.so");
     copy_file(&so, &copy);
-    let config = testsrc_config(
-        &env,
-        &so,
-        &format!(
-            "[plugins.\"io.kiln.test.v1.copy\"]\npath = {:?}\n",
-            copy.display().to_string()
-        ),
-    );
-    let run = env.kiln([
-        "--config".as_ref(),
-        config.as_os_str(),
-        "plugins".as_ref(),
-        "list".as_ref(),
-    ]);
-    run.expect_code(2);
-    for want in [
-        so.to_str().unwrap(),
-        copy.to_str().unwrap(),
+    refused(
+        "io.kiln.test.v1.copy",
+        &copy,
         "both declare the plugin id \"io.kiln.test.v1.testsrc\"",
-    ] {
-        assert!(
-            run.stderr.contains(want),
-            "{want} missing from {}",
-            run.stderr
-        );
-    }
+    );
 }
 
 #[test]
