@@ -8,6 +8,7 @@ use super::{runtime, CliError, Globals};
 use crate::app::AppContext;
 use crate::job::Job;
 use crate::plugins::LoadOptions;
+use crate::progress::{Progress, StepEvent};
 use crate::source_cache::snapshot_source;
 use crate::source_manager::{CacheMap, SourceOp};
 
@@ -61,9 +62,10 @@ pub fn run(g: &Globals, cmd: SourceCommand) -> Result<(), CliError> {
         check_dest(d)?;
     }
     let app = g.app(LoadOptions::default())?;
-    let job = Arc::new(Job::new(secrets, locals));
+    let progress = Arc::new(Progress::stderr(g.progress));
+    let job = Arc::new(Job::new(secrets, locals).with_progress(progress.clone()));
     let rt = runtime()?;
-    rt.block_on(async {
+    let result = rt.block_on(async {
         let id = app
             .sources
             .identifier(&args.identifier, &attrs, args.platform.as_deref())
@@ -81,7 +83,18 @@ pub fn run(g: &Globals, cmd: SourceCommand) -> Result<(), CliError> {
                 }
             }
             Some(dest) => {
-                let cached = fetch(&app, &op, &maps, &job, &step, &dest).await?;
+                progress.step(&step, StepEvent::Start);
+                let cached = fetch(&app, &op, &maps, &job, &step, &dest)
+                    .await
+                    .inspect_err(|e| progress.step(&step, StepEvent::Error(e.message.clone())))?;
+                progress.step(
+                    &step,
+                    if cached {
+                        StepEvent::Cached
+                    } else {
+                        StepEvent::Done
+                    },
+                );
                 if args.json {
                     out["cached"] = serde_json::Value::Bool(cached);
                     println!("{}", serde_json::to_string_pretty(&out).expect("JSON"));
@@ -96,7 +109,9 @@ pub fn run(g: &Globals, cmd: SourceCommand) -> Result<(), CliError> {
             }
         }
         Ok(())
-    })
+    });
+    progress.finish();
+    result
 }
 
 fn resolve_json(op: &SourceOp, maps: &[CacheMap]) -> serde_json::Value {
