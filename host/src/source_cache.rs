@@ -68,7 +68,9 @@ pub async fn snapshot_source(
     step: &str,
 ) -> Result<SourceSnapshot, SourceError> {
     let keys = cacheable_root_keys(maps);
-    let Some(lock_name) = keys.first().cloned() else {
+    // The strongest key is the lock, as in the solver's source steps, so that a fetch
+    // and a build of one source in two processes produce it once.
+    let Some(lock_name) = keys.last().cloned() else {
         return Err(SourceError {
             code: ErrorCode::INTERNAL,
             message: format!("source {}: no cacheable key", op.identifier().canonical),
@@ -76,12 +78,26 @@ pub async fn snapshot_source(
     };
     let (s, k, cancel) = (store.clone(), keys.clone(), job.cancel.clone());
     let found = tokio::task::spawn_blocking(move || -> Result<_, crate::store::StoreError> {
-        if let Some(id) = lookup(&s, &k)? {
-            return Ok((Some(id), None));
+        let hit = match lookup(&s, &k)? {
+            Some(id) => Some(id),
+            // Not there: take the key lock, then look again (another process may have
+            // made it meanwhile).
+            None => {
+                let lock = s.lock_key_cancellable(&lock_name, &cancel)?;
+                match lookup(&s, &k)? {
+                    Some(id) => Some(id),
+                    None => return Ok((None, Some(lock))),
+                }
+            }
+        };
+        // A hit under one key is saved under every key (BuildKit: a result is found
+        // by each of its keys from then on).
+        if let Some(id) = &hit {
+            for key in &k {
+                s.save_result(key, id)?;
+            }
         }
-        // Not there: take the key lock, then look again (another process may have made it).
-        let lock = s.lock_key_cancellable(&lock_name, &cancel)?;
-        Ok((lookup(&s, &k)?, Some(lock)))
+        Ok((hit, None))
     })
     .await
     .map_err(|e| store_error(op, e))?
