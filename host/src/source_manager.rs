@@ -79,20 +79,27 @@ impl Plugin {
                 format!("plugin {id} is poisoned: it panicked earlier in this process and is no longer called"),
             ));
         }
-        let _permit = self
+        let permit = self
             .permits
-            .acquire()
+            .clone()
+            .acquire_owned()
             .await
             .map_err(|_| SourceError::new(ErrorCode::INTERNAL, "plugin pool closed"))?;
         let plugin = self.loaded.clone();
-        let result = tokio::task::spawn_blocking(move || f(&plugin))
-            .await
-            .map_err(|e| {
-                SourceError::new(
-                    ErrorCode::INTERNAL,
-                    format!("plugin {id}: {what} did not finish: {e}"),
-                )
-            })?;
+        // The permit moves into the blocking call: if the caller gives up waiting, the
+        // call still counts against the plugin's limit until it really returns.
+        let result = tokio::task::spawn_blocking(move || {
+            let r = f(&plugin);
+            drop(permit);
+            r
+        })
+        .await
+        .map_err(|e| {
+            SourceError::new(
+                ErrorCode::INTERNAL,
+                format!("plugin {id}: {what} did not finish: {e}"),
+            )
+        })?;
         match result {
             RResult::ROk(v) => Ok(v),
             RResult::RErr(e) => {
