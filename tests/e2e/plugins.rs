@@ -627,3 +627,53 @@ fn panics_in_describe_new_source_and_drop_never_take_the_host_down() {
     run.success();
     assert_eq!(run.json()["keys"][0]["key"], "testsrc:x");
 }
+
+#[test]
+fn calls_into_a_plugin_respect_its_concurrency_limit() {
+    // testsrc declares max_concurrency = 2; eight concurrent slow calls never overlap
+    // more than that, while they all run on the blocking pool.
+    let env = Env::new();
+    let so = plugin_file(TESTSRC);
+    let text = format!(
+        "version = 1\n[plugins.\"io.kiln.test.v1.testsrc\"]\npath = {:?}\n",
+        so.display().to_string()
+    );
+    let config =
+        kiln::config::Config::parse(&text, kiln::config::ConfigSource::BuiltIn, &[]).unwrap();
+    let app = kiln::app::AppContext::new(config, env.root(), 2, Default::default()).unwrap();
+    let job = Arc::new(kiln::job::Job::new(Default::default(), Default::default()));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let attrs = BTreeMap::new();
+        let mut ops = Vec::new();
+        for i in 0..8 {
+            let id = app
+                .sources
+                .identifier(&format!("testsrc://busy/{i}"), &attrs, None)
+                .await
+                .unwrap();
+            ops.push(Arc::new(app.sources.resolve(&id).await.unwrap()));
+        }
+        let started = std::time::Instant::now();
+        let mut calls = tokio::task::JoinSet::new();
+        for op in ops {
+            let job = job.clone();
+            calls.spawn(async move { op.cache_map(0, &job, "s").await.map(|_| ()) });
+        }
+        while let Some(r) = calls.join_next().await {
+            r.unwrap().unwrap();
+        }
+        // 8 calls of 100 ms, 2 at a time: about 400 ms, never 100 ms.
+        assert!(started.elapsed() >= std::time::Duration::from_millis(380));
+        let id = app
+            .sources
+            .identifier("testsrc://maxbusy/x", &attrs, None)
+            .await
+            .unwrap();
+        let op = app.sources.resolve(&id).await.unwrap();
+        assert_eq!(
+            op.cache_map(0, &job, "s").await.unwrap().key,
+            "testsrc:maxbusy=2"
+        );
+    });
+}
