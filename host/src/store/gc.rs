@@ -1,10 +1,13 @@
 //! Disk usage (`kiln cache du`) and pruning (`kiln cache prune`).
 //!
 //! Prune never removes what a live owner uses: its staging and trash directories under
-//! `tmp/`, snapshots and blobs it leased, ingests it holds open. Everything is decided
-//! inside one SQLite write transaction, so that commits, leases and prune exclude each
-//! other; directories are only *renamed* into trash under that lock and deleted after it
-//! is released.
+//! `tmp/`, snapshots and blobs it leased, ingests it holds open. Snapshots are decided
+//! inside one SQLite write transaction (blobs in a second one after it), so that commits,
+//! leases and prune exclude each other. Only rows change inside it: directories are
+//! renamed into trash and deleted after it commits, so a failure or a kill at any point
+//! leaves every recorded snapshot with its directory (a directory without a record is
+//! harmless, and collected by the next prune). A failure to remove one thing does not
+//! stop the rest; the first error is returned at the end.
 //!
 //! What goes:
 //! - always: staging/trash directories of dead owners, unrecorded snapshot directories
@@ -421,24 +424,30 @@ impl Store {
             }
         }
 
-        let mut trash: Vec<PathBuf> = Vec::new();
-        let trash_dir = |store: &Store| store.tmp_path("trash");
+        // Snapshot directories to remove once the records are gone (committed).
+        let mut unrecorded: Vec<PathBuf> = Vec::new();
+        let mut removed: Vec<(PathBuf, u64)> = Vec::new();
         self.inner.write_with("prune", |tx| {
             let db = |source| self.inner.db_err("prune", source);
             // 1. Leases of dead owners.
             let lease_owners: Vec<String> = {
-                let mut st = tx.prepare("SELECT DISTINCT owner FROM leases").map_err(db)?;
+                let mut st = tx
+                    .prepare("SELECT DISTINCT owner FROM leases")
+                    .map_err(db)?;
                 let rows = st.query_map([], |r| r.get(0)).map_err(db)?;
                 rows.collect::<rusqlite::Result<_>>().map_err(db)?
             };
             for owner in lease_owners {
                 if !owners.alive(&owner)? {
-                    report.dead_leases +=
-                        tx.execute("DELETE FROM leases WHERE owner = ?1", params![owner]).map_err(db)? as u64;
+                    report.dead_leases += tx
+                        .execute("DELETE FROM leases WHERE owner = ?1", params![owner])
+                        .map_err(db)? as u64;
                 }
             }
 
-            // 2. Snapshot directories versus records.
+            // 2. Snapshot directories versus records. Only rows change here: a directory
+            // is moved after the commit, so a rollback (an error, a kill) can never leave
+            // a record whose directory is gone.
             let snaps: Vec<(String, i64, i64, bool, bool)> = {
                 let mut st = tx
                     .prepare(
@@ -457,13 +466,11 @@ impl Store {
             };
             let recorded: BTreeSet<&str> = snaps.iter().map(|s| s.0.as_str()).collect();
             let snap_root = root.join("snapshots");
+            // Commits move a directory in and record it under this write lock, and ids
+            // are random: a directory unrecorded now stays unrecorded.
             for (name, path, _) in list_dir(&snap_root)? {
                 if !recorded.contains(name.as_str()) {
-                    let b = size_of(&path)?;
-                    let t = trash_dir(self);
-                    fs::rename(&path, &t).ctx("move unrecorded snapshot to", &t)?;
-                    trash.push(t);
-                    report.unrecorded.add(b);
+                    unrecorded.push(path);
                 }
             }
             for (id, size, last_used, leased, referenced) in &snaps {
@@ -474,56 +481,119 @@ impl Store {
                     continue;
                 }
                 release_tx(tx, id).map_err(db)?;
-                tx.execute("DELETE FROM leases WHERE kind = ?1 AND target = ?2", params![LEASE_SNAPSHOT, id])
+                tx.execute(
+                    "DELETE FROM leases WHERE kind = ?1 AND target = ?2",
+                    params![LEASE_SNAPSHOT, id],
+                )
+                .map_err(db)?;
+                tx.execute("DELETE FROM snapshots WHERE id = ?1", params![id])
                     .map_err(db)?;
-                tx.execute("DELETE FROM snapshots WHERE id = ?1", params![id]).map_err(db)?;
                 if vanished {
                     report.dangling_records += 1;
                 } else {
-                    let t = trash_dir(self);
-                    fs::rename(&path, &t).ctx("move snapshot to", &t)?;
-                    trash.push(t);
-                    report.snapshots.add(*size as u64);
+                    removed.push((path, *size as u64));
                 }
             }
+            Ok(())
+        })?;
 
-            // 3. Blobs no snapshot refers to and no live build leases.
-            let keep_blobs: BTreeSet<String> = {
-                let mut st = tx
-                    .prepare(
-                        "SELECT digest FROM snapshot_blobs UNION SELECT target FROM leases WHERE kind = ?1",
-                    )
-                    .map_err(db)?;
-                let rows = st.query_map(params![LEASE_BLOB], |r| r.get(0)).map_err(db)?;
-                rows.collect::<rusqlite::Result<_>>().map_err(db)?
-            };
-            if opts.all || keep.is_some() {
+        // From here on, a failure is remembered and the rest still runs: what is left
+        // behind is unrecorded, and the next prune collects it.
+        let mut first_err: Option<StoreError> = None;
+        let mut note = |r: Result<(), StoreError>| {
+            if let Err(e) = r {
+                first_err.get_or_insert(e);
+            }
+        };
+
+        // The directories of the records just removed, and unrecorded ones: into our
+        // trash (atomic; a kill leaves them in tmp/ under our dead owner name), then gone.
+        let mut trash: Vec<PathBuf> = Vec::new();
+        for (path, recorded_size) in unrecorded
+            .iter()
+            .map(|p| (p, None))
+            .chain(removed.iter().map(|(p, s)| (p, Some(*s))))
+        {
+            note((|| {
+                let bytes = match recorded_size {
+                    Some(s) => s,
+                    None => size_of(path)?,
+                };
+                let t = self.tmp_path("trash");
+                match fs::rename(path, &t) {
+                    Ok(()) => {}
+                    // Gone already (a failed commit cleaning up after itself).
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+                    Err(e) => {
+                        return Err(StoreError::io("move snapshot directory to trash", path, e))
+                    }
+                }
+                trash.push(t);
+                match recorded_size {
+                    Some(_) => report.snapshots.add(bytes),
+                    None => report.unrecorded.add(bytes),
+                }
+                Ok(())
+            })());
+        }
+
+        // 3. Blobs no snapshot refers to and no live build leases. Checked and removed
+        // under the write lock, so that an ingest committing the same digest or a build
+        // leasing it waits; the only rows changed are ingest records of removed blobs,
+        // and a record whose blob is missing is ignored (`Store::ingest_record`), so a
+        // rollback after a removal leaves nothing wrong behind.
+        if opts.all || keep.is_some() {
+            let blob_errs = self.inner.write_with("prune blobs", |tx| {
+                let db = |source| self.inner.db_err("prune blobs", source);
+                let keep_blobs: BTreeSet<String> = {
+                    let mut st = tx
+                        .prepare(
+                            "SELECT digest FROM snapshot_blobs UNION SELECT target FROM leases WHERE kind = ?1",
+                        )
+                        .map_err(db)?;
+                    let rows = st.query_map(params![LEASE_BLOB], |r| r.get(0)).map_err(db)?;
+                    rows.collect::<rusqlite::Result<_>>().map_err(db)?
+                };
+                let mut errs = Vec::new();
                 for (name, path, meta) in list_dir(&root.join("content/blobs/sha256"))? {
                     let digest = format!("sha256:{name}");
                     let last_used = fsutil::atime_secs(&meta).max(fsutil::mtime_secs(&meta));
                     if keep_blobs.contains(&digest) || !expired(last_used) {
                         continue;
                     }
-                    fs::remove_file(&path).ctx("remove blob", &path)?;
+                    match fs::remove_file(&path) {
+                        Ok(()) => report.blobs.add(meta.len()),
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                        Err(e) => {
+                            errs.push(StoreError::io("remove blob", &path, e));
+                            continue;
+                        }
+                    }
                     tx.execute("DELETE FROM ingest_records WHERE digest = ?1", params![digest]).map_err(db)?;
-                    report.blobs.add(meta.len());
                 }
+                Ok(errs)
+            });
+            match blob_errs {
+                Ok(errs) => errs.into_iter().for_each(|e| note(Err(e))),
+                Err(e) => note(Err(e)),
             }
-            Ok(())
-        })?;
+        }
 
         // 4. Staging and trash of dead owners (and our own trash, below).
         for (name, path, _) in list_dir(&root.join("tmp"))? {
             if owners.alive(tmp_owner(&name))? {
                 continue;
             }
-            report.staging.add(size_of(&path)?);
-            fsutil::remove_tree(&path).ctx("remove orphaned staging directory", &path)?;
+            note((|| {
+                let b = size_of(&path)?;
+                fsutil::remove_tree(&path).ctx("remove orphaned staging directory", &path)?;
+                report.staging.add(b);
+                Ok(())
+            })());
         }
         for t in &trash {
-            fsutil::remove_tree(t).ctx("remove", t)?;
+            note(fsutil::remove_tree(t).ctx("remove", t));
         }
-
         // 5. Ingests nobody holds open.
         let stale = keep
             .unwrap_or(STALE_INGEST.as_secs() as i64)
@@ -559,6 +629,9 @@ impl Store {
             + report.ingests.bytes
             + report.staging.bytes
             + report.unrecorded.bytes;
-        Ok(report)
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(report),
+        }
     }
 }
