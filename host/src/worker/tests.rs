@@ -598,3 +598,97 @@ fn copy_tree_speed_against_cp() {
         ours.as_secs_f64() / cp.as_secs_f64()
     );
 }
+
+/// Runs `f` on a thread that file modes apply to even as root: CAP_DAC_OVERRIDE and
+/// CAP_DAC_READ_SEARCH are cleared from that thread's effective set only.
+fn without_dac_override<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy, Default)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    const CAP_DAC_OVERRIDE: u32 = 1;
+    const CAP_DAC_READ_SEARCH: u32 = 2;
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let mut h = Header {
+                version: 0x2008_0522, // _LINUX_CAPABILITY_VERSION_3
+                pid: 0,
+            };
+            let mut d = [Data::default(); 2];
+            let rc = unsafe { libc::syscall(libc::SYS_capget, &mut h, d.as_mut_ptr()) };
+            assert_eq!(rc, 0, "capget: {}", std::io::Error::last_os_error());
+            d[0].effective &= !((1 << CAP_DAC_OVERRIDE) | (1 << CAP_DAC_READ_SEARCH));
+            let rc = unsafe { libc::syscall(libc::SYS_capset, &mut h, d.as_ptr()) };
+            assert_eq!(rc, 0, "capset: {}", std::io::Error::last_os_error());
+            f()
+        })
+        .join()
+        .unwrap()
+    })
+}
+
+#[test]
+fn read_only_directories_copy_for_a_user_without_dac_override() {
+    let e = env();
+    // ro/ and ro/inner/ are 0555 with a file each; two layers share them.
+    let layer = |root: &Path, name: &str| {
+        fs::create_dir_all(root.join("ro/inner")).unwrap();
+        fs::write(root.join("ro").join(name), name).unwrap();
+        fs::write(root.join("ro/inner").join(name), name).unwrap();
+        for d in ["ro/inner", "ro"] {
+            fs::set_permissions(root.join(d), fs::Permissions::from_mode(0o555)).unwrap();
+        }
+    };
+    let t = e._t.path();
+    let (a, b) = (t.join("a"), t.join("b"));
+    layer(&a, "from_a");
+    layer(&b, "from_b");
+    layer(e.ctx(), "from_ctx");
+    let (m, s) = (t.join("m"), t.join("s"));
+    fs::create_dir(&m).unwrap();
+    fs::create_dir(&s).unwrap();
+    let results = without_dac_override(|| {
+        [
+            ("materialize", materialize(Some(&a), &m, None)),
+            ("merge", merge(&[&a, &b], &s, None)),
+            // Into a tree whose copies of those directories are read-only already.
+            (
+                "copy over",
+                Copier::new(CopyOptions::default()).copy_contents(&b, &m),
+            ),
+            (
+                "copy action",
+                e.run(r#"{ copy = { from = "ctx", src = "/ro", dest = "/out" } }"#),
+            ),
+        ]
+        .map(|(what, r)| (what, r.map_err(|err| err.to_string())))
+    });
+    for (what, r) in results {
+        assert_eq!(r, Ok(()), "{what}");
+    }
+    let check = |dir: &Path, files: &[&str]| {
+        for d in ["", "inner"] {
+            let p = dir.join(d);
+            assert_eq!(
+                fs::metadata(&p).unwrap().mode() & 0o7777,
+                0o555,
+                "{}",
+                p.display()
+            );
+            for f in files {
+                assert_eq!(fs::read_to_string(p.join(f)).unwrap(), *f);
+            }
+        }
+    };
+    check(&m.join("ro"), &["from_a", "from_b"]);
+    check(&s.join("ro"), &["from_a", "from_b"]);
+    check(&e.target.join("out"), &["from_ctx"]);
+}

@@ -41,6 +41,8 @@ struct PendingDir {
     /// Set on a directory that existed before the copy and was named as the target:
     /// its own metadata is left alone (BuildKit's behaviour for an existing dest).
     keep_meta: bool,
+    /// The mode an existing directory had before it was made writable to copy into it.
+    restore_mode: Option<u32>,
 }
 
 /// Copies trees; one instance per operation so hard links are tracked across it.
@@ -158,6 +160,7 @@ impl<'a> Copier<'a> {
                 meta: meta.clone(),
                 created: false,
                 keep_meta,
+                restore_mode: None,
             });
             // With a filter, a directory that is only walked appears only if something
             // inside it is copied; the top directory always appears.
@@ -167,10 +170,7 @@ impl<'a> Copier<'a> {
             let result = self.copy_children(src, dst, rel, &state);
             let dir = self.pending.pop().expect("pending directory");
             result?;
-            if dir.created && !dir.keep_meta {
-                set_times_nofollow(&dir.dst, &dir.meta).ctx("set times of", &dir.dst)?;
-            }
-            return Ok(());
+            return self.finish_dir(&dir);
         }
         self.create_pending()?;
         remove_existing(dst)?;
@@ -225,19 +225,30 @@ impl<'a> Copier<'a> {
         Ok(())
     }
 
-    /// Creates the directories walked but not yet created, outermost first.
+    /// Creates the directories walked but not yet created, outermost first. They stay
+    /// writable by us (new ones are 0700; an existing one of ours without owner
+    /// permissions gets them) until [`Copier::finish_dir`] gives them their final owner
+    /// and mode once their children are in: a read-only directory must not refuse its
+    /// own children to a user without CAP_DAC_OVERRIDE.
     fn create_pending(&mut self) -> Result<()> {
         let start = match self.pending.iter().position(|d| !d.created) {
             Some(i) => i,
             None => return Ok(()),
         };
         for i in start..self.pending.len() {
-            let (dst, meta, keep) = {
-                let d = &self.pending[i];
-                (d.dst.clone(), d.meta.clone(), d.keep_meta)
-            };
+            let dst = self.pending[i].dst.clone();
             match fs::symlink_metadata(&dst) {
-                Ok(m) if m.is_dir() => {}
+                Ok(m) if m.is_dir() => {
+                    let mode = m.mode() & 0o7777;
+                    if mode & 0o700 != 0o700 && m.uid() == self.euid {
+                        fs::set_permissions(
+                            &dst,
+                            std::os::unix::fs::PermissionsExt::from_mode(mode | 0o700),
+                        )
+                        .ctx("chmod", &dst)?;
+                        self.pending[i].restore_mode = Some(mode);
+                    }
+                }
                 Ok(_) => {
                     remove_existing(&dst)?;
                     make_dir(&dst)?;
@@ -245,16 +256,32 @@ impl<'a> Copier<'a> {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => make_dir(&dst)?,
                 Err(e) => return Err(WorkerError::io("stat", &dst, e)),
             }
-            if !keep {
-                self.set_owner(&dst, &meta)?;
-                self.set_mode(&dst, &meta)?;
-                if let Some(src) = self.pending[i].src.clone() {
-                    super::xattr::copy(&src, &dst).ctx("copy extended attributes to", &dst)?;
-                }
-            }
             self.pending[i].created = true;
         }
         Ok(())
+    }
+
+    /// Gives a directory whose children are all copied its final owner, extended
+    /// attributes, mode and times (or, for a kept existing directory, its own mode back).
+    fn finish_dir(&self, dir: &PendingDir) -> Result<()> {
+        if !dir.created {
+            return Ok(());
+        }
+        let dst = &dir.dst;
+        if dir.keep_meta {
+            if let Some(mode) = dir.restore_mode {
+                fs::set_permissions(dst, std::os::unix::fs::PermissionsExt::from_mode(mode))
+                    .ctx("chmod", dst)?;
+            }
+            return Ok(());
+        }
+        self.set_owner(dst, &dir.meta)?;
+        // Before the mode: setting an extended attribute needs write permission.
+        if let Some(src) = &dir.src {
+            super::xattr::copy(src, dst).ctx("copy extended attributes to", dst)?;
+        }
+        self.set_mode(dst, &dir.meta)?;
+        set_times_nofollow(dst, &dir.meta).ctx("set times of", dst)
     }
 
     fn copy_file(&mut self, src: &Path, dst: &Path, meta: &Metadata) -> Result<()> {
