@@ -131,8 +131,13 @@ pub(crate) async fn build_with(
     store: Arc<crate::store::Store>,
     sources: Arc<crate::source_manager::SourceManager>,
     root: &std::path::Path,
-    opts: BuildOptions,
+    mut opts: BuildOptions,
 ) -> Result<BuildSummary, BuildError> {
+    // Checked before anything runs: a bad flag is a usage error, whatever the outputs.
+    if let Some(p) = &opts.platform {
+        opts.platform =
+            Some(normalize_platform(p).map_err(|e| BuildError::Usage(format!("--platform: {e}")))?);
+    }
     let locals = resolve_locals(&def, &opts.locals)?;
     let progress = Arc::new(Progress::stderr(opts.progress));
     let job =
@@ -253,6 +258,110 @@ pub(crate) async fn build_with(
         write_metadata(path, &summary)?;
     }
     Ok(summary)
+}
+
+/// Operating systems `--platform` accepts (Go's `GOOS` values, as containerd).
+const KNOWN_OS: &[&str] = &[
+    "aix",
+    "android",
+    "darwin",
+    "dragonfly",
+    "freebsd",
+    "hurd",
+    "illumos",
+    "ios",
+    "js",
+    "linux",
+    "nacl",
+    "netbsd",
+    "openbsd",
+    "plan9",
+    "solaris",
+    "wasip1",
+    "windows",
+    "zos",
+];
+
+/// Architectures `--platform` accepts (Go's `GOARCH` values, as containerd).
+const KNOWN_ARCH: &[&str] = &[
+    "386",
+    "amd64",
+    "amd64p32",
+    "arm",
+    "armbe",
+    "arm64",
+    "arm64be",
+    "loong64",
+    "mips",
+    "mipsle",
+    "mips64",
+    "mips64le",
+    "mips64p32",
+    "mips64p32le",
+    "ppc",
+    "ppc64",
+    "ppc64le",
+    "riscv",
+    "riscv64",
+    "s390",
+    "s390x",
+    "sparc",
+    "sparc64",
+    "wasm",
+];
+
+/// Checks `os/arch[/variant]` and writes it the way image indexes do (lower case,
+/// `x86_64` → `amd64`, `aarch64` and `arm64/v8` → `arm64`, `armhf` → `arm/v7`,
+/// `arm` → `arm/v7`, `macos` → `darwin`), as the image plugin does for its sources.
+fn normalize_platform(text: &str) -> Result<String, String> {
+    let lower = text.trim().to_ascii_lowercase();
+    let parts: Vec<&str> = lower.split('/').collect();
+    let part_ok = |p: &&str| {
+        !p.is_empty()
+            && p.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+    };
+    if !(2..=3).contains(&parts.len()) || !parts.iter().all(part_ok) {
+        return Err(format!(
+            "invalid platform {text:?}: expected OS/ARCH[/VARIANT], e.g. linux/amd64 or linux/arm/v7"
+        ));
+    }
+    let os = match parts[0] {
+        "macos" => "darwin",
+        os => os,
+    };
+    if !KNOWN_OS.contains(&os) {
+        return Err(format!(
+            "invalid platform {text:?}: unknown operating system {:?}",
+            parts[0]
+        ));
+    }
+    let variant = parts.get(2).copied().unwrap_or("");
+    let (arch, variant) = match (parts[1], variant) {
+        ("i386" | "386", _) => ("386", ""),
+        ("x86_64" | "x86-64" | "amd64", "v1") => ("amd64", ""),
+        ("x86_64" | "x86-64" | "amd64", v) => ("amd64", v),
+        ("aarch64" | "arm64", "8" | "v8") => ("arm64", ""),
+        ("aarch64" | "arm64", v) => ("arm64", v),
+        ("armhf", _) => ("arm", "v7"),
+        ("armel", _) => ("arm", "v6"),
+        ("arm", "" | "7") => ("arm", "v7"),
+        ("arm", "5") => ("arm", "v5"),
+        ("arm", "6") => ("arm", "v6"),
+        ("arm", "8") => ("arm", "v8"),
+        (arch, v) => (arch, v),
+    };
+    if !KNOWN_ARCH.contains(&arch) {
+        return Err(format!(
+            "invalid platform {text:?}: unknown architecture {:?}",
+            parts[1]
+        ));
+    }
+    Ok(if variant.is_empty() {
+        format!("{os}/{arch}")
+    } else {
+        format!("{os}/{arch}/{variant}")
+    })
 }
 
 /// `local://NAME` sources without a `--local` mapping read the definition's folder
@@ -403,3 +512,89 @@ fn write_metadata(path: &std::path::Path, s: &BuildSummary) -> Result<(), BuildE
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod platform_tests {
+    use super::*;
+    use crate::source_manager::SourceManager;
+    use crate::store::Store;
+
+    #[test]
+    fn platforms_are_checked_and_normalised() {
+        for (given, want) in [
+            ("linux/amd64", "linux/amd64"),
+            ("Linux/X86_64", "linux/amd64"),
+            (" linux/amd64/v1 ", "linux/amd64"),
+            ("linux/amd64/v3", "linux/amd64/v3"),
+            ("linux/aarch64", "linux/arm64"),
+            ("linux/arm64/v8", "linux/arm64"),
+            ("linux/armhf", "linux/arm/v7"),
+            ("linux/arm", "linux/arm/v7"),
+            ("linux/arm/6", "linux/arm/v6"),
+            ("macos/arm64", "darwin/arm64"),
+            ("windows/386", "windows/386"),
+        ] {
+            assert_eq!(normalize_platform(given).as_deref(), Ok(want), "{given}");
+        }
+        for (bad, says) in [
+            ("bogus", "expected OS/ARCH[/VARIANT]"),
+            ("linux/", "expected OS/ARCH[/VARIANT]"),
+            ("linux/amd64/v2/x", "expected OS/ARCH[/VARIANT]"),
+            ("linux/am d64", "expected OS/ARCH[/VARIANT]"),
+            ("bogus/amd64", "unknown operating system \"bogus\""),
+            ("linux/bogus", "unknown architecture \"bogus\""),
+        ] {
+            let err = normalize_platform(bad).unwrap_err();
+            assert!(err.contains(says) && err.contains(bad), "{bad}: {err}");
+        }
+    }
+
+    const DEF: &str = r#"
+version = 1
+[steps.a]
+base = "scratch"
+actions = [{ mkfile = { path = "/f", data = "f" } }]
+[output]
+step = "a"
+"#;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_bad_platform_is_a_usage_error_before_any_step_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        let store = Arc::new(Store::open(&root).unwrap());
+        let sources = Arc::new(SourceManager::new(&[]));
+        let build = |platform: &str, outputs: Vec<OutputSpec>| {
+            let def = Definition::parse(DEF, root.clone()).unwrap();
+            let opts = BuildOptions {
+                platform: Some(platform.to_string()),
+                outputs,
+                progress: ProgressMode::Quiet,
+                ..Default::default()
+            };
+            build_with(def, store.clone(), sources.clone(), &root, opts)
+        };
+        let oci = || {
+            vec![
+                format!("type=oci,dest={}", dir.path().join("img.tar").display())
+                    .parse::<OutputSpec>()
+                    .unwrap(),
+            ]
+        };
+        for outputs in [vec![], oci()] {
+            let err = build("bogus", outputs).await.unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{err}");
+            assert!(err.to_string().contains("--platform"), "{err}");
+            assert!(err.to_string().contains("\"bogus\""), "{err}");
+        }
+        assert!(
+            store.list_snapshots().unwrap().is_empty(),
+            "a step ran before the flag was checked"
+        );
+        assert!(!dir.path().join("img.tar").exists());
+        // Another spelling of a real platform builds and exports.
+        let s = build("Linux/x86_64", oci()).await.unwrap();
+        assert_eq!(s.exported.len(), 1);
+        assert!(dir.path().join("img.tar").is_file());
+    }
+}
