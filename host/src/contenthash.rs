@@ -5,8 +5,10 @@
 //! A tree is walked once ([`TreeHash::compute`]): every entry gets a digest made of its
 //! header — kind, permission bits, uid, gid, size, link target; never the mtime — and
 //! its content: a file's bytes, a directory's children (name and digest, sorted by
-//! name). The checksum of a selected path is the digest of the entry it names, resolved
-//! inside the tree (symlinks in the path are followed but never leave the tree).
+//! name).
+//! A [`Selector`] names what one copy reads, resolved exactly as the worker resolves it
+//! inside the tree (symlinks in the path are followed but never leave the tree; a final
+//! link as the copy says; wildcards expanded against the tree like the worker does).
 //! [`ContentHasher`] memoises trees per snapshot id, so concurrent callers in one
 //! process hash a snapshot once.
 
@@ -19,7 +21,10 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use serde_json::json;
 use sha2::{Digest, Sha256};
+
+use crate::worker::pattern::{glob_component, has_wildcards};
 
 /// A failure to hash a tree: names the path.
 #[derive(Debug, thiserror::Error)]
@@ -31,10 +36,41 @@ pub struct ContentHashError {
     pub source: io::Error,
 }
 
+/// What one copy reads from an input tree, resolved exactly as the worker resolves it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Selector {
+    /// The source path, absolute and lexically clean (`..` clamped at the root); a
+    /// wildcard pattern when `wildcard`.
+    pub path: String,
+    /// Whether `path` is a pattern expanded against the tree (the worker's
+    /// `resolve_wildcards`: the part before the first wildcard is resolved following
+    /// links, then each later component is matched one folder level at a time).
+    pub wildcard: bool,
+    /// Whether a symlink named by the path (or by a match) is followed.
+    pub follow: bool,
+    /// Whether the copy unpacks archives: the worker then also reads through a final
+    /// symlink, whatever `follow` says.
+    pub unpack: bool,
+}
+
+impl Selector {
+    /// The selector as a JSON value (for keys and memo names).
+    pub fn to_json(&self) -> serde_json::Value {
+        json!({
+            "path": self.path,
+            "wildcard": self.wildcard,
+            "follow": self.follow,
+            "unpack": self.unpack,
+        })
+    }
+}
+
 #[derive(Clone, Debug)]
 struct Entry {
     digest: [u8; 32],
     link: Option<PathBuf>,
+    /// A folder's entry names, sorted by bytes.
+    children: Option<Vec<OsString>>,
 }
 
 /// The digests of every entry of one tree, by path relative to the tree's root (the
@@ -45,6 +81,13 @@ pub struct TreeHash {
 }
 
 const MAX_LINK_HOPS: usize = 40;
+
+fn missing() -> String {
+    format!(
+        "sha256:{}",
+        hex::encode(Sha256::digest(b"kiln.contenthash.missing"))
+    )
+}
 
 impl TreeHash {
     /// Walks `root` (not following symlinks) and hashes every entry.
@@ -74,11 +117,12 @@ impl TreeHash {
         self.checksum("/", false)
     }
 
-    /// Resolves `selector` inside the tree: `..` stops at the root, symlinks in the
-    /// path are followed inside the tree (absolute targets from the tree's root), the
-    /// final component only when `follow_final`. `None` when nothing is there.
-    fn resolve(&self, selector: &str, follow_final: bool) -> Option<PathBuf> {
-        let mut queue: VecDeque<OsString> = components(Path::new(selector)).collect();
+    /// Resolves `selector` inside the tree like the worker's `Root::resolve_rel`: `..`
+    /// stops at the root, symlinks in the path are followed inside the tree (absolute
+    /// targets from the tree's root), the final component only when `follow_final`.
+    /// `None` when nothing is there.
+    fn resolve(&self, selector: &Path, follow_final: bool) -> Option<PathBuf> {
+        let mut queue: VecDeque<OsString> = components(selector).collect();
         let mut cur = PathBuf::new();
         let mut hops = 0;
         while let Some(c) = queue.pop_front() {
@@ -111,33 +155,121 @@ impl TreeHash {
     /// The checksum (`sha256:<hex>`) of what `selector` names; a missing path has a
     /// checksum of its own, so it still keys consistently.
     pub fn checksum(&self, selector: &str, follow_final: bool) -> String {
+        self.checksum_of(Path::new(selector), follow_final)
+    }
+
+    fn checksum_of(&self, path: &Path, follow_final: bool) -> String {
         match self
-            .resolve(selector, follow_final)
+            .resolve(path, follow_final)
             .and_then(|p| self.entries.get(&p))
         {
             Some(e) => format!("sha256:{}", hex::encode(e.digest)),
-            None => format!(
-                "sha256:{}",
-                hex::encode(Sha256::digest(b"kiln.contenthash.missing"))
-            ),
+            None => missing(),
         }
     }
 
-    /// The combined checksum of several selected paths: the slow key of one input.
-    pub fn selection_checksum(&self, selectors: &[String], follow_final: bool) -> String {
-        let mut sorted: Vec<&String> = selectors.iter().collect();
-        sorted.sort();
-        sorted.dedup();
+    /// The checksum of one path a copy reads: the entry the worker copies and, for an
+    /// unpacking copy that keeps links, also the entry behind a final link (the worker
+    /// unpacks that one when it is an archive, and copies the link otherwise).
+    fn path_checksum(&self, path: &Path, follow: bool, unpack: bool) -> String {
+        let own = self.checksum_of(path, follow);
+        if follow || !unpack {
+            return own;
+        }
+        let followed = self.checksum_of(path, true);
         let mut h = Sha256::new();
-        h.update(b"kiln.contenthash.v1\n");
-        for s in sorted {
-            h.update(s.as_bytes());
+        h.update(b"kiln.contenthash.unpack\n");
+        h.update(own.as_bytes());
+        h.update(b"\n");
+        h.update(followed.as_bytes());
+        format!("sha256:{}", hex::encode(h.finalize()))
+    }
+
+    /// The paths (relative to the root) a wildcard pattern matches, named as the
+    /// worker's `resolve_wildcards` names them: under the resolved folder, sorted per
+    /// level.
+    pub fn wildcard_matches(&self, pattern: &str) -> Vec<PathBuf> {
+        let comps = clean_components(Path::new(pattern));
+        let first = comps
+            .iter()
+            .position(|c| has_wildcards(&c.to_string_lossy()))
+            .unwrap_or(comps.len());
+        let base: PathBuf = comps[..first].iter().collect();
+        let Some(base) = self.resolve(&base, true) else {
+            return Vec::new();
+        };
+        let mut found = vec![base];
+        for comp in &comps[first..] {
+            let mut next = Vec::new();
+            for dir in &found {
+                let Some(dir) = self.resolve(dir, true) else {
+                    continue;
+                };
+                let Some(children) = self.entries.get(&dir).and_then(|e| e.children.as_ref())
+                else {
+                    continue;
+                };
+                // Children are sorted by bytes, as the worker sorts its matches.
+                next.extend(
+                    children
+                        .iter()
+                        .filter(|n| glob_component(comp.as_bytes(), n.as_bytes()))
+                        .map(|n| dir.join(n)),
+                );
+            }
+            found = next;
+        }
+        found
+    }
+
+    /// The checksum of what one selector reads: for a wildcard, every match (its path
+    /// and the checksum of what the worker copies for it); otherwise the one path.
+    pub fn selector_checksum(&self, s: &Selector) -> String {
+        if !s.wildcard {
+            return self.path_checksum(Path::new(&s.path), s.follow, s.unpack);
+        }
+        let mut h = Sha256::new();
+        h.update(b"kiln.contenthash.wildcard\n");
+        for m in self.wildcard_matches(&s.path) {
+            h.update(m.as_os_str().as_bytes());
             h.update(b"\0");
-            h.update(self.checksum(s, follow_final).as_bytes());
+            h.update(self.path_checksum(&m, s.follow, s.unpack).as_bytes());
             h.update(b"\n");
         }
         format!("sha256:{}", hex::encode(h.finalize()))
     }
+
+    /// The combined checksum of several selectors: the content key of one input.
+    pub fn selection_checksum(&self, selectors: &[Selector]) -> String {
+        let mut sorted: Vec<&Selector> = selectors.iter().collect();
+        sorted.sort();
+        sorted.dedup();
+        let mut h = Sha256::new();
+        h.update(b"kiln.contenthash.v2\n");
+        for s in sorted {
+            h.update(serde_json::to_vec(&s.to_json()).expect("JSON encodes"));
+            h.update(b"\0");
+            h.update(self.selector_checksum(s).as_bytes());
+            h.update(b"\n");
+        }
+        format!("sha256:{}", hex::encode(h.finalize()))
+    }
+}
+
+/// The components of `p` cleaned lexically (`.` dropped, `..` clamped at the root), as
+/// the worker's `clean_rel` does.
+fn clean_components(p: &Path) -> Vec<OsString> {
+    let mut out: Vec<OsString> = Vec::new();
+    for c in p.components() {
+        match c {
+            Component::Normal(n) => out.push(n.to_os_string()),
+            Component::ParentDir => {
+                out.pop();
+            }
+            _ => {}
+        }
+    }
+    out
 }
 
 /// The normal components of `p` (`.` and root dropped, `..` kept).
@@ -149,11 +281,24 @@ fn components(p: &Path) -> impl Iterator<Item = OsString> + '_ {
     })
 }
 
-fn header(h: &mut Sha256, kind: u8, meta: &fs::Metadata) {
+/// The parts of an entry's header every kind shares: kind, permission bits, owner.
+fn header(h: &mut Sha256, kind: u8, meta: &fs::Metadata) -> Result<(), ContentHashError> {
     h.update([kind]);
-    h.update((meta.mode() & 0o7777).to_le_bytes());
+    if kind != b'l' {
+        h.update((meta.mode() & 0o7777).to_le_bytes());
+    }
     h.update(meta.uid().to_le_bytes());
     h.update(meta.gid().to_le_bytes());
+    Ok(())
+}
+
+/// What a walked entry hands its parent: its digest, how many entries its subtree
+/// holds (itself included), and its regular files with more than one link, by walk
+/// index within the subtree (pre-order, children by name) and inode.
+struct Walked {
+    digest: [u8; 32],
+    count: u64,
+    linked: Vec<(u64, (u64, u64))>,
 }
 
 fn hash_entry(
@@ -162,7 +307,7 @@ fn hash_entry(
     meta: &fs::Metadata,
     out: &mut HashMap<PathBuf, Entry>,
     buf: &mut [u8],
-) -> Result<[u8; 32], ContentHashError> {
+) -> Result<Walked, ContentHashError> {
     let err = |source| ContentHashError {
         path: path.to_path_buf(),
         source,
@@ -170,15 +315,16 @@ fn hash_entry(
     let ft = meta.file_type();
     let mut h = Sha256::new();
     let mut link = None;
+    let mut names = None;
+    let mut count = 1u64;
+    let mut linked = Vec::new();
     if ft.is_symlink() {
         let target = fs::read_link(path).map_err(err)?;
-        h.update(b"l");
-        h.update(meta.uid().to_le_bytes());
-        h.update(meta.gid().to_le_bytes());
+        header(&mut h, b'l', meta)?;
         h.update(target.as_os_str().as_bytes());
         link = Some(target);
     } else if ft.is_dir() {
-        header(&mut h, b'd', meta);
+        header(&mut h, b'd', meta)?;
         let mut children: Vec<(OsString, fs::Metadata)> = Vec::new();
         for e in fs::read_dir(path).map_err(err)? {
             let e = e.map_err(err)?;
@@ -189,14 +335,19 @@ fn hash_entry(
             children.push((e.file_name(), m));
         }
         children.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+        let mut sorted = Vec::with_capacity(children.len());
         for (name, m) in children {
-            let d = hash_entry(&path.join(&name), rel.join(&name), &m, out, buf)?;
+            let w = hash_entry(&path.join(&name), rel.join(&name), &m, out, buf)?;
             h.update(name.as_bytes());
             h.update(b"\0");
-            h.update(d);
+            h.update(w.digest);
+            linked.extend(w.linked.into_iter().map(|(i, ino)| (i + count, ino)));
+            count += w.count;
+            sorted.push(name);
         }
+        names = Some(sorted);
     } else if ft.is_file() {
-        header(&mut h, b'f', meta);
+        header(&mut h, b'f', meta)?;
         h.update(meta.len().to_le_bytes());
         let mut content = Sha256::new();
         let mut f = fs::File::open(path).map_err(err)?;
@@ -208,13 +359,27 @@ fn hash_entry(
             content.update(&buf[..n]);
         }
         h.update(content.finalize());
+        if meta.nlink() > 1 {
+            linked.push((0, (meta.dev(), meta.ino())));
+        }
     } else {
-        header(&mut h, b'o', meta);
+        header(&mut h, b'o', meta)?;
         h.update(meta.rdev().to_le_bytes());
     }
     let digest: [u8; 32] = h.finalize().into();
-    out.insert(rel, Entry { digest, link });
-    Ok(digest)
+    out.insert(
+        rel,
+        Entry {
+            digest,
+            link,
+            children: names,
+        },
+    );
+    Ok(Walked {
+        digest,
+        count,
+        linked,
+    })
 }
 
 type Slot = Arc<Mutex<Option<Arc<TreeHash>>>>;
@@ -355,12 +520,87 @@ mod tests {
         let d = tree();
         let h = ContentHasher::new();
         let t = h.tree("snap1", d.path()).unwrap();
-        let a = t.selection_checksum(&["/src".into(), "/README".into()], false);
-        let b = t.selection_checksum(&["/README".into(), "/src".into()], false);
+        let a = t.selection_checksum(&[plain("/src", false), plain("/README", false)]);
+        let b = t.selection_checksum(&[plain("/README", false), plain("/src", false)]);
         assert_eq!(a, b);
         fs::write(d.path().join("README"), "changed").unwrap();
         // Same snapshot id: the memo answers (snapshots are immutable).
         assert!(Arc::ptr_eq(&t, &h.tree("snap1", d.path()).unwrap()));
         assert_eq!(h.cached(), 1);
+    }
+
+    fn plain(path: &str, follow: bool) -> Selector {
+        Selector {
+            path: path.into(),
+            wildcard: false,
+            follow,
+            unpack: false,
+        }
+    }
+
+    fn glob(path: &str, follow: bool) -> Selector {
+        Selector {
+            wildcard: true,
+            ..plain(path, follow)
+        }
+    }
+
+    fn sum(d: &Path, s: &Selector) -> String {
+        TreeHash::compute(d).unwrap().selector_checksum(s)
+    }
+
+    #[test]
+    fn a_wildcard_prefix_is_resolved_through_a_symlink() {
+        // `src -> real`: the worker expands `/src/*.rs` inside `real`.
+        let d = tempfile::tempdir().unwrap();
+        fs::create_dir(d.path().join("real")).unwrap();
+        fs::write(d.path().join("real/a.rs"), "one").unwrap();
+        fs::write(d.path().join("real/notes.txt"), "x").unwrap();
+        symlink("real", d.path().join("src")).unwrap();
+        let t = TreeHash::compute(d.path()).unwrap();
+        assert_eq!(
+            t.wildcard_matches("/src/*.rs"),
+            vec![PathBuf::from("real/a.rs")]
+        );
+        let before = t.selector_checksum(&glob("/src/*.rs", false));
+        fs::write(d.path().join("real/notes.txt"), "unmatched edit").unwrap();
+        assert_eq!(before, sum(d.path(), &glob("/src/*.rs", false)));
+        fs::write(d.path().join("real/a.rs"), "two").unwrap();
+        assert_ne!(before, sum(d.path(), &glob("/src/*.rs", false)));
+        // A new match changes the selection too.
+        let before = sum(d.path(), &glob("/src/*.rs", false));
+        fs::write(d.path().join("real/b.rs"), "b").unwrap();
+        assert_ne!(before, sum(d.path(), &glob("/src/*.rs", false)));
+    }
+
+    #[test]
+    fn followed_wildcard_matches_hash_their_targets() {
+        let d = tempfile::tempdir().unwrap();
+        fs::create_dir_all(d.path().join("src")).unwrap();
+        fs::write(d.path().join("target.txt"), "one").unwrap();
+        symlink("/target.txt", d.path().join("src/a.rs")).unwrap();
+        let (kept, followed) = (glob("/src/*.rs", false), glob("/src/*.rs", true));
+        let (k1, f1) = (sum(d.path(), &kept), sum(d.path(), &followed));
+        fs::write(d.path().join("target.txt"), "two").unwrap();
+        // A copy keeping the link reads only the link; one following it, the target.
+        assert_eq!(k1, sum(d.path(), &kept));
+        assert_ne!(f1, sum(d.path(), &followed));
+    }
+
+    #[test]
+    fn unpacking_reads_through_a_symlinked_archive() {
+        let d = tempfile::tempdir().unwrap();
+        fs::write(d.path().join("real.tar"), "archive v1").unwrap();
+        symlink("real.tar", d.path().join("app.tar")).unwrap();
+        let mut s = plain("/app.tar", false);
+        s.unpack = true;
+        let before = sum(d.path(), &s);
+        fs::write(d.path().join("real.tar"), "archive v2").unwrap();
+        assert_ne!(before, sum(d.path(), &s));
+        // Without unpacking, a kept link is only its text.
+        let kept = plain("/app.tar", false);
+        let k = sum(d.path(), &kept);
+        fs::write(d.path().join("real.tar"), "archive v3").unwrap();
+        assert_eq!(k, sum(d.path(), &kept));
     }
 }

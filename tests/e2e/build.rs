@@ -596,3 +596,146 @@ step = "all"
         run.stderr
     );
 }
+
+/// Writes a definition at `p/kiln.build.toml` whose step `app` runs `actions` on
+/// scratch with the local source `ctx`, and returns its path.
+fn copy_project(env: &Env, actions: &str) -> PathBuf {
+    env.write(
+        "p/kiln.build.toml",
+        format!(
+            r#"
+version = 1
+[steps.ctx]
+source = "local://context"
+[steps.app]
+base = "scratch"
+actions = [{actions}]
+[output]
+step = "app"
+"#
+        ),
+    )
+}
+
+/// Builds `def` with the context `p/ctx` into a fresh local output `name`; returns the
+/// run (checked for success) and the output folder.
+fn build_to(env: &Env, def: &Path, name: &str) -> (Run, PathBuf) {
+    let out = env.path(name);
+    let r = build(
+        env,
+        def,
+        &[
+            "--local",
+            &format!("context={}", env.path("p/ctx").display()),
+            "--output",
+            &format!("type=local,dest={}", out.display()),
+        ],
+    );
+    r.success();
+    (r, out)
+}
+
+fn read(p: &Path) -> String {
+    std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+#[test]
+fn a_wildcard_under_a_symlinked_folder_sees_edits_behind_the_link() {
+    let env = Env::new();
+    env.write("p/ctx/real/a.rs", "one");
+    std::os::unix::fs::symlink("real", env.path("p/ctx/src")).unwrap();
+    let def = copy_project(
+        &env,
+        r#"{ copy = { from = "ctx", src = "/src/*.rs", dest = "/out/" } }"#,
+    );
+    let (_, out) = build_to(&env, &def, "out1");
+    assert_eq!(read(&out.join("out/a.rs")), "one");
+
+    env.write("p/ctx/real/a.rs", "two");
+    let (r, out) = build_to(&env, &def, "out2");
+    assert_eq!(outcome(&r)["app"], "done", "{}", r.stderr);
+    assert_eq!(read(&out.join("out/a.rs")), "two");
+}
+
+#[test]
+fn followed_wildcard_matches_see_edits_of_their_targets() {
+    let env = Env::new();
+    env.write("p/ctx/t.txt", "one");
+    std::fs::create_dir_all(env.path("p/ctx/src")).unwrap();
+    std::os::unix::fs::symlink("../t.txt", env.path("p/ctx/src/a.rs")).unwrap();
+    let def = copy_project(
+        &env,
+        r#"{ copy = { from = "ctx", src = "/src/*.rs", dest = "/out/", follow_symlinks = true } }"#,
+    );
+    let (_, out) = build_to(&env, &def, "out1");
+    assert_eq!(read(&out.join("out/a.rs")), "one");
+
+    env.write("p/ctx/t.txt", "two");
+    let (r, out) = build_to(&env, &def, "out2");
+    assert_eq!(outcome(&r)["app"], "done", "{}", r.stderr);
+    assert_eq!(read(&out.join("out/a.rs")), "two");
+}
+
+/// Makes `p/ctx/<name>` a tar holding `f` with `content` (with the `tar` program).
+fn make_tar(env: &Env, name: &str, content: &str) {
+    kiln_tests::require_program("tar", "tar");
+    env.write("tarsrc/f", content);
+    std::fs::create_dir_all(env.path("p/ctx")).unwrap();
+    let st = Command::new("tar")
+        .arg("-cf")
+        .arg(env.path(&format!("p/ctx/{name}")))
+        .arg("-C")
+        .arg(env.path("tarsrc"))
+        .arg("f")
+        .status()
+        .expect("run tar");
+    assert!(st.success(), "tar failed: {st}");
+}
+
+#[test]
+fn unpacking_a_symlinked_archive_sees_a_rebuilt_target() {
+    let env = Env::new();
+    make_tar(&env, "real.tar", "v1");
+    std::os::unix::fs::symlink("real.tar", env.path("p/ctx/app.tar")).unwrap();
+    let def = copy_project(
+        &env,
+        r#"{ copy = { from = "ctx", src = "/app.tar", dest = "/x/", unpack = true } }"#,
+    );
+    let (_, out) = build_to(&env, &def, "out1");
+    assert_eq!(read(&out.join("x/f")), "v1");
+
+    make_tar(&env, "real.tar", "v2");
+    let (r, out) = build_to(&env, &def, "out2");
+    assert_eq!(outcome(&r)["app"], "done", "{}", r.stderr);
+    assert_eq!(read(&out.join("x/f")), "v2");
+}
+
+#[test]
+fn a_copy_keeping_a_link_is_keyed_by_the_link_even_if_another_follows() {
+    let env = Env::new();
+    env.write("p/ctx/a.txt", "same");
+    env.write("p/ctx/b.txt", "same");
+    env.write("p/ctx/other", "other");
+    std::os::unix::fs::symlink("a.txt", env.path("p/ctx/lnk")).unwrap();
+    let def = copy_project(
+        &env,
+        r#"
+  { copy = { from = "ctx", src = "/lnk", dest = "/out/lnk" } },
+  { copy = { from = "ctx", src = "/other", dest = "/out/other", follow_symlinks = true } },
+"#,
+    );
+    let (_, out) = build_to(&env, &def, "out1");
+    assert_eq!(
+        std::fs::read_link(out.join("out/lnk")).unwrap(),
+        Path::new("a.txt")
+    );
+
+    std::fs::remove_file(env.path("p/ctx/lnk")).unwrap();
+    std::os::unix::fs::symlink("b.txt", env.path("p/ctx/lnk")).unwrap();
+    let (r, out) = build_to(&env, &def, "out2");
+    assert_eq!(outcome(&r)["app"], "done", "{}", r.stderr);
+    assert_eq!(
+        std::fs::read_link(out.join("out/lnk")).unwrap(),
+        Path::new("b.txt")
+    );
+}

@@ -9,16 +9,17 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 use super::{Action, FileStep, MergeStep};
+use crate::contenthash::Selector;
+use crate::worker::{clean_rel, pattern::has_wildcards};
 
 /// The canonical definition of a file or merge op, with its inputs by position.
 #[derive(Clone, Debug, PartialEq)]
 pub struct OpDef {
     /// The input step names, in position order.
     pub inputs: Vec<String>,
-    /// Per input: the paths a copy reads from it (`None`: the whole tree is used).
-    pub selectors: Vec<Option<Vec<String>>>,
-    /// Per input: whether a copy follows a symlink named by one of its selectors.
-    pub follow_symlinks: Vec<bool>,
+    /// Per input: what each copy reads from it, sorted and without repeats (`None`:
+    /// the whole tree is used). Each copy keeps its own symlink handling.
+    pub selectors: Vec<Option<Vec<Selector>>>,
     /// The op without its inputs' identities.
     pub canonical: Value,
 }
@@ -90,18 +91,18 @@ pub fn file_op(step: &FileStep) -> OpDef {
     };
     let base = step.base.as_deref().map(|b| index(b, &mut inputs));
     let mut actions = Vec::with_capacity(step.actions.len());
-    let mut selected: BTreeMap<usize, Vec<String>> = BTreeMap::new();
-    let mut follow: BTreeMap<usize, bool> = BTreeMap::new();
+    let mut selected: BTreeMap<usize, Vec<Selector>> = BTreeMap::new();
     for a in &step.actions {
         let mut v = serde_json::to_value(a).expect("actions encode");
         if let Action::Copy(c) = a {
             let i = index(&c.from, &mut inputs);
             v["copy"]["from"] = json!(i);
-            selected
-                .entry(i)
-                .or_default()
-                .push(selector_path(&c.src, c.allow_wildcard));
-            *follow.entry(i).or_default() |= c.follow_symlinks;
+            selected.entry(i).or_default().push(Selector {
+                path: selector_path(&c.src),
+                wildcard: c.allow_wildcard && has_wildcards(&c.src),
+                follow: c.follow_symlinks,
+                unpack: c.unpack,
+            });
         }
         actions.push(v);
     }
@@ -118,14 +119,10 @@ pub fn file_op(step: &FileStep) -> OpDef {
             })
         })
         .collect();
-    let follow_symlinks = (0..inputs.len())
-        .map(|i| follow.get(&i).copied().unwrap_or(false))
-        .collect();
     OpDef {
         canonical: json!({ "op": "file", "base": base, "actions": actions }),
         inputs,
         selectors,
-        follow_symlinks,
     }
 }
 
@@ -146,32 +143,16 @@ pub fn merge_op(step: &MergeStep) -> OpDef {
     }
     OpDef {
         selectors: vec![None; inputs.len()],
-        follow_symlinks: vec![false; inputs.len()],
         canonical: json!({ "op": "merge", "layers": layers }),
         inputs,
     }
 }
 
-/// The content-hash selector of a copy source: the path, made absolute and clean, cut
-/// before the first component with a wildcard when wildcards are on (the selection is
-/// then the directory that holds every match).
-pub fn selector_path(src: &str, allow_wildcard: bool) -> String {
-    let mut parts: Vec<&str> = Vec::new();
-    for c in src.split('/') {
-        match c {
-            "" | "." => {}
-            ".." => {
-                parts.pop();
-            }
-            c => {
-                if allow_wildcard && c.contains(['*', '?', '[']) {
-                    break;
-                }
-                parts.push(c);
-            }
-        }
-    }
-    format!("/{}", parts.join("/"))
+/// The content-hash path of a copy source: made absolute and clean the way the worker
+/// cleans it (`..` clamped at the root). A wildcard pattern is kept whole: it is
+/// expanded against the tree when checksummed, as the worker expands it.
+pub fn selector_path(src: &str) -> String {
+    format!("/{}", clean_rel(src).display())
 }
 
 /// The vertex digest: the canonical op plus the vertex digests of its inputs, in order.
@@ -203,12 +184,48 @@ mod tests {
     }
 
     #[test]
-    fn selectors_are_clean_and_cut_at_wildcards() {
-        assert_eq!(selector_path("src/./a", true), "/src/a");
-        assert_eq!(selector_path("../../etc/passwd", true), "/etc/passwd");
-        assert_eq!(selector_path("/src/*.rs", true), "/src");
-        assert_eq!(selector_path("/src/*.rs", false), "/src/*.rs");
-        assert_eq!(selector_path("/", true), "/");
+    fn selector_paths_are_clean_and_keep_wildcards() {
+        assert_eq!(selector_path("src/./a"), "/src/a");
+        assert_eq!(selector_path("../../etc/passwd"), "/etc/passwd");
+        assert_eq!(selector_path("/src/*.rs"), "/src/*.rs");
+        assert_eq!(selector_path("/"), "/");
+    }
+
+    fn sel(path: &str, wildcard: bool, follow: bool) -> Selector {
+        Selector {
+            path: path.into(),
+            wildcard,
+            follow,
+            unpack: false,
+        }
+    }
+
+    #[test]
+    fn each_copy_keeps_its_own_symlink_handling() {
+        let mut keep = copy("ctx", "/lnk");
+        let mut follow = copy("ctx", "/other");
+        let mut glob = copy("ctx", "/src/*.rs");
+        if let (Action::Copy(k), Action::Copy(f), Action::Copy(g)) =
+            (&mut keep, &mut follow, &mut glob)
+        {
+            k.follow_symlinks = false;
+            f.follow_symlinks = true;
+            g.unpack = true;
+        }
+        let s = FileStep {
+            base: None,
+            actions: vec![keep, follow, glob],
+        };
+        let mut unpack = sel("/src/*.rs", true, false);
+        unpack.unpack = true;
+        assert_eq!(
+            file_op(&s).selectors,
+            vec![Some(vec![
+                sel("/lnk", false, false),
+                sel("/other", false, true),
+                unpack
+            ])]
+        );
     }
 
     #[test]
@@ -228,8 +245,8 @@ mod tests {
             da.selectors,
             vec![
                 None,
-                Some(vec!["/a".into(), "/b".into()]),
-                Some(vec!["/x".into()])
+                Some(vec![sel("/a", false, false), sel("/b", false, false)]),
+                Some(vec![sel("/x", false, false)])
             ]
         );
     }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use crate::build::op::OpDef;
 use crate::build::Action;
-use crate::contenthash::{ContentHasher, TreeHash};
+use crate::contenthash::{ContentHasher, Selector, TreeHash};
 use crate::job::Job;
 use crate::progress::{Progress, StepEvent};
 use crate::source_manager::{SourceManager, SourceOp};
@@ -24,7 +24,7 @@ use super::keys::{content_key, is_random, op_digest, op_key, selector_digest, De
 /// The kv namespace mapping a lookup key to the key dependents build on.
 const KEY_NS: &str = "solver.effective-key";
 /// Snapshot metadata key prefix for memoised selection checksums.
-const HASH_META: &str = "kiln.contenthash.v1";
+const HASH_META: &str = "kiln.contenthash.v2";
 
 /// What solving needs; one per build (a shared vertex uses its first caller's).
 pub(crate) struct Ctx {
@@ -360,8 +360,7 @@ enum Exec<'a> {
 async fn selection_checksum(
     ctx: &Arc<Ctx>,
     input: &NodeResult,
-    selectors: &[String],
-    follow: bool,
+    selectors: &[Selector],
 ) -> Res<String> {
     let (store, hasher) = (ctx.store.clone(), ctx.hasher.clone());
     let (id, path, selectors) = (
@@ -370,17 +369,17 @@ async fn selection_checksum(
         selectors.to_vec(),
     );
     blocking(move || {
+        let listed: Vec<serde_json::Value> = selectors.iter().map(Selector::to_json).collect();
         let meta_key = format!(
-            "{HASH_META}:{}:{}",
-            u8::from(follow),
-            serde_json::to_string(&selectors).expect("strings encode")
+            "{HASH_META}:{}",
+            serde_json::to_string(&listed).expect("JSON encodes")
         );
         let meta = store.snapshot_metadata(&id).map_err(|e| e.to_string())?;
         if let Some(v) = meta.get(&meta_key) {
             return Ok(v.clone());
         }
         let tree = hasher.tree(id.as_str(), &path).map_err(|e| e.to_string())?;
-        let sum = tree.selection_checksum(&selectors, follow);
+        let sum = tree.selection_checksum(&selectors);
         store
             .set_snapshot_metadata(&id, &meta_key, &sum)
             .map_err(|e| e.to_string())?;
@@ -421,7 +420,7 @@ async fn operation(
         for (i, r) in inputs.iter().enumerate() {
             deps.push(match &def.selectors[i] {
                 Some(sel) => Dep {
-                    key: selection_checksum(ctx, r, sel, def.follow_symlinks[i]).await?,
+                    key: selection_checksum(ctx, r, sel).await?,
                     selector: String::new(),
                 },
                 None => fast_deps[i].clone(),

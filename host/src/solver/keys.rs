@@ -14,6 +14,7 @@
 use serde_json::json;
 
 use crate::build::op::{canonical_bytes, sha256_digest};
+use crate::contenthash::Selector;
 
 /// Whether a key is session-scoped (never looked up, never reused across builds).
 pub fn is_random(key: &str) -> bool {
@@ -30,11 +31,15 @@ pub fn op_digest(canonical: &serde_json::Value) -> String {
     sha256_digest(&canonical_bytes(canonical))
 }
 
-/// The digest of the paths an op selects from one input (`""`: the whole input).
-pub fn selector_digest(selectors: Option<&[String]>) -> String {
+/// The digest of what an op selects from one input (`""`: the whole input): each
+/// selector's path with how it is read (wildcard, symlink handling, unpacking).
+pub fn selector_digest(selectors: Option<&[Selector]>) -> String {
     match selectors {
         None => String::new(),
-        Some(s) => sha256_digest(&canonical_bytes(&json!(s))),
+        Some(s) => {
+            let v: Vec<serde_json::Value> = s.iter().map(Selector::to_json).collect();
+            sha256_digest(&canonical_bytes(&json!(v)))
+        }
     }
 }
 
@@ -81,7 +86,16 @@ mod tests {
         assert_ne!(base, op_key("sha256:op", &[dep("k1", ""), dep("k2", "t")]));
         assert_ne!(base, op_key("sha256:op", &[dep("k2", "s"), dep("k1", "")]));
         assert_eq!(base, op_key("sha256:op", &[dep("k1", ""), dep("k2", "s")]));
-        let sel = vec!["/a".to_string()];
-        assert_ne!(selector_digest(Some(&sel)), selector_digest(None));
+        let sel = |follow| Selector {
+            path: "/a".into(),
+            wildcard: false,
+            follow,
+            unpack: false,
+        };
+        assert_ne!(selector_digest(Some(&[sel(false)])), selector_digest(None));
+        assert_ne!(
+            selector_digest(Some(&[sel(false)])),
+            selector_digest(Some(&[sel(true)]))
+        );
     }
 }
