@@ -3,9 +3,10 @@
 //! reads changes.
 //!
 //! A tree is walked once ([`TreeHash::compute`]): every entry gets a digest made of its
-//! header — kind, permission bits, uid, gid, size, link target; never the mtime — and
-//! its content: a file's bytes, a directory's children (name and digest, sorted by
-//! name).
+//! header — kind, permission bits, uid, gid, extended attributes (sorted), size, link
+//! target; never the mtime — and its content: a file's bytes, a directory's children
+//! (name and digest, sorted by name) and the hard links among the files below it (for
+//! each file sharing an inode with an earlier one in walk order, both walk indexes).
 //! A [`Selector`] names what one copy reads, resolved exactly as the worker resolves it
 //! inside the tree (symlinks in the path are followed but never leave the tree; a final
 //! link as the copy says; wildcards expanded against the tree like the worker does).
@@ -281,14 +282,33 @@ fn components(p: &Path) -> impl Iterator<Item = OsString> + '_ {
     })
 }
 
-/// The parts of an entry's header every kind shares: kind, permission bits, owner.
-fn header(h: &mut Sha256, kind: u8, meta: &fs::Metadata) -> Result<(), ContentHashError> {
+/// The parts of an entry's header every kind shares: kind, permission bits, owner and
+/// extended attributes (sorted by name).
+fn header(
+    h: &mut Sha256,
+    kind: u8,
+    meta: &fs::Metadata,
+    path: &Path,
+) -> Result<(), ContentHashError> {
     h.update([kind]);
     if kind != b'l' {
         h.update((meta.mode() & 0o7777).to_le_bytes());
     }
     h.update(meta.uid().to_le_bytes());
     h.update(meta.gid().to_le_bytes());
+    let mut xattrs = crate::worker::xattr::list(path).map_err(|source| ContentHashError {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    xattrs.sort();
+    h.update((xattrs.len() as u64).to_le_bytes());
+    for (name, value) in xattrs {
+        let name = name.as_bytes();
+        h.update((name.len() as u64).to_le_bytes());
+        h.update(name);
+        h.update((value.len() as u64).to_le_bytes());
+        h.update(&value);
+    }
     Ok(())
 }
 
@@ -320,11 +340,11 @@ fn hash_entry(
     let mut linked = Vec::new();
     if ft.is_symlink() {
         let target = fs::read_link(path).map_err(err)?;
-        header(&mut h, b'l', meta)?;
+        header(&mut h, b'l', meta, path)?;
         h.update(target.as_os_str().as_bytes());
         link = Some(target);
     } else if ft.is_dir() {
-        header(&mut h, b'd', meta)?;
+        header(&mut h, b'd', meta, path)?;
         let mut children: Vec<(OsString, fs::Metadata)> = Vec::new();
         for e in fs::read_dir(path).map_err(err)? {
             let e = e.map_err(err)?;
@@ -345,9 +365,25 @@ fn hash_entry(
             count += w.count;
             sorted.push(name);
         }
+        // Hard links inside this subtree: for each file sharing an inode with an
+        // earlier one, its walk index and the index of the first path of that inode
+        // (BuildKit records the same structure as each file's link target).
+        let mut first: HashMap<(u64, u64), u64> = HashMap::new();
+        for (i, ino) in &linked {
+            match first.get(ino) {
+                Some(f) => {
+                    h.update(b"hardlink\0");
+                    h.update(i.to_le_bytes());
+                    h.update(f.to_le_bytes());
+                }
+                None => {
+                    first.insert(*ino, *i);
+                }
+            }
+        }
         names = Some(sorted);
     } else if ft.is_file() {
-        header(&mut h, b'f', meta)?;
+        header(&mut h, b'f', meta, path)?;
         h.update(meta.len().to_le_bytes());
         let mut content = Sha256::new();
         let mut f = fs::File::open(path).map_err(err)?;
@@ -363,7 +399,7 @@ fn hash_entry(
             linked.push((0, (meta.dev(), meta.ino())));
         }
     } else {
-        header(&mut h, b'o', meta)?;
+        header(&mut h, b'o', meta, path)?;
         h.update(meta.rdev().to_le_bytes());
     }
     let digest: [u8; 32] = h.finalize().into();
@@ -602,5 +638,42 @@ mod tests {
         let k = sum(d.path(), &kept);
         fs::write(d.path().join("real.tar"), "archive v3").unwrap();
         assert_eq!(k, sum(d.path(), &kept));
+    }
+
+    #[test]
+    fn hard_link_structure_counts() {
+        let d = tempfile::tempdir().unwrap();
+        fs::create_dir(d.path().join("s")).unwrap();
+        fs::write(d.path().join("s/a"), "same").unwrap();
+        fs::write(d.path().join("s/b"), "same").unwrap();
+        let apart = sum(d.path(), &plain("/s", false));
+        fs::remove_file(d.path().join("s/b")).unwrap();
+        fs::hard_link(d.path().join("s/a"), d.path().join("s/b")).unwrap();
+        let linked = sum(d.path(), &plain("/s", false));
+        assert_ne!(apart, linked, "two copies vs one inode under two names");
+        // A link to a path outside the selection is not structure inside it.
+        fs::remove_file(d.path().join("s/b")).unwrap();
+        fs::write(d.path().join("s/b"), "same").unwrap();
+        fs::hard_link(d.path().join("s/a"), d.path().join("outside")).unwrap();
+        assert_eq!(apart, sum(d.path(), &plain("/s", false)));
+    }
+
+    #[test]
+    fn extended_attributes_count() {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("f");
+        fs::write(&f, "x").unwrap();
+        let before = sum(d.path(), &plain("/f", false));
+        let name = std::ffi::CString::new("user.kiln.test").unwrap();
+        crate::worker::xattr::set(&f, &name, b"v1").unwrap();
+        let listed = crate::worker::xattr::list(&f).unwrap();
+        assert!(
+            !listed.is_empty(),
+            "this test needs a temp folder ($TMPDIR) on a filesystem with user xattrs"
+        );
+        let v1 = sum(d.path(), &plain("/f", false));
+        assert_ne!(before, v1);
+        crate::worker::xattr::set(&f, &name, b"v2").unwrap();
+        assert_ne!(v1, sum(d.path(), &plain("/f", false)));
     }
 }

@@ -739,3 +739,89 @@ fn a_copy_keeping_a_link_is_keyed_by_the_link_even_if_another_follows() {
         Path::new("b.txt")
     );
 }
+
+#[test]
+fn an_edited_extended_attribute_is_a_change() {
+    let env = Env::new();
+    let f = env.write("p/ctx/f", "content");
+    let def = copy_project(
+        &env,
+        r#"{ copy = { from = "ctx", src = "/f", dest = "/f" } }"#,
+    );
+    let name = std::ffi::CString::new("user.kiln.test").unwrap();
+    kiln::worker::xattr::set(&f, &name, b"v1").unwrap();
+    assert!(
+        !kiln::worker::xattr::list(&f).unwrap().is_empty(),
+        "this test needs a temp folder ($TMPDIR) on a filesystem with user xattrs"
+    );
+    build_to(&env, &def, "out1");
+
+    kiln::worker::xattr::set(&f, &name, b"v2").unwrap();
+    let (r, out) = build_to(&env, &def, "out2");
+    let o = outcome(&r);
+    assert_eq!(o["app"], "done", "{o:?}\n{}", r.stderr);
+    let got = kiln::worker::xattr::list(&out.join("f")).unwrap();
+    assert!(
+        got.iter()
+            .any(|(n, v)| n.as_c_str() == name.as_c_str() && v == b"v2"),
+        "{got:?}"
+    );
+}
+
+#[test]
+fn hard_links_in_an_input_are_a_change() {
+    use std::os::unix::fs::MetadataExt;
+    kiln_tests::require_program("tar", "tar");
+    let env = Env::new();
+    // `d.tar` holds d/a and d/b with the same bytes: first as two files, then as one
+    // file under two names. The step reading `/d` must see the difference.
+    let tar = |linked: bool| {
+        let src = env.path(if linked { "linked" } else { "apart" });
+        env.write(
+            &format!("{}/d/a", src.file_name().unwrap().to_str().unwrap()),
+            "same",
+        );
+        let b = src.join("d/b");
+        if linked {
+            std::fs::hard_link(src.join("d/a"), &b).unwrap();
+        } else {
+            std::fs::write(&b, "same").unwrap();
+        }
+        let st = Command::new("tar")
+            .arg("-cf")
+            .arg(env.path("p/ctx/d.tar"))
+            .arg("-C")
+            .arg(&src)
+            .arg("d")
+            .status()
+            .expect("run tar");
+        assert!(st.success(), "tar failed: {st}");
+    };
+    std::fs::create_dir_all(env.path("p/ctx")).unwrap();
+    tar(false);
+    let def = env.write(
+        "p/kiln.build.toml",
+        r#"
+version = 1
+[steps.ctx]
+source = "local://context"
+[steps.ex]
+base = "scratch"
+actions = [{ copy = { from = "ctx", src = "/d.tar", dest = "/", unpack = true } }]
+[steps.app]
+base = "scratch"
+actions = [{ copy = { from = "ex", src = "/d", dest = "/d" } }]
+[output]
+step = "app"
+"#,
+    );
+    let (_, out) = build_to(&env, &def, "out1");
+    let ino = |out: &Path, p: &str| std::fs::metadata(out.join(p)).unwrap().ino();
+    assert_ne!(ino(&out, "d/a"), ino(&out, "d/b"));
+
+    tar(true);
+    let (r, out) = build_to(&env, &def, "out2");
+    let o = outcome(&r);
+    assert_eq!(o["app"], "done", "{o:?}\n{}", r.stderr);
+    assert_eq!(ino(&out, "d/a"), ino(&out, "d/b"), "the hard link is kept");
+}
