@@ -741,6 +741,33 @@ fn a_copy_keeping_a_link_is_keyed_by_the_link_even_if_another_follows() {
 }
 
 #[test]
+fn a_result_whose_snapshot_folder_vanished_is_built_again() {
+    let env = Env::new();
+    env.write("p/ctx/f", "content");
+    let def = copy_project(
+        &env,
+        r#"{ copy = { from = "ctx", src = "/f", dest = "/f" } }"#,
+    );
+    build_to(&env, &def, "out1");
+    // As an interrupted prune can leave it: every snapshot folder gone, the records kept.
+    let snapshots = env.root().join("snapshots");
+    let mut removed = 0;
+    for e in std::fs::read_dir(&snapshots).unwrap() {
+        std::fs::remove_dir_all(e.unwrap().path()).unwrap();
+        removed += 1;
+    }
+    assert!(
+        removed >= 2,
+        "expected snapshots in {}",
+        snapshots.display()
+    );
+    let (r, out) = build_to(&env, &def, "out2");
+    let o = outcome(&r);
+    assert_eq!(o["app"], "done", "{o:?}\n{}", r.stderr);
+    assert_eq!(read(&out.join("f")), "content");
+}
+
+#[test]
 fn an_edited_extended_attribute_is_a_change() {
     let env = Env::new();
     let f = env.write("p/ctx/f", "content");

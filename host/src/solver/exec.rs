@@ -125,16 +125,27 @@ struct Hit {
 /// Looks `key` up (leasing the result, so no prune removes it while this build runs).
 /// With `mapped`, also reads the key dependents use when it differs from `key` (ops
 /// with a content key, multi-index sources).
+///
+/// A result whose snapshot folder is gone (a prune interrupted between removing the
+/// folder and its records) is a miss: it is released from every key, so the step
+/// builds again and saves a fresh result.
 async fn lookup(store: &Arc<Store>, key: &str, mapped: bool) -> Res<Option<Hit>> {
     let (store, key) = (store.clone(), key.to_string());
     // The index is one SQLite connection: more threads waiting on it only add churn.
     let _permit = index_permit().await;
     blocking(move || {
-        let Some(r) = store.load_result(&key).map_err(|e| e.to_string())? else {
-            return Ok(None);
+        let r = loop {
+            let Some(r) = store.load_result(&key).map_err(|e| e.to_string())? else {
+                return Ok(None);
+            };
+            // A loaded result is recorded and leased; its folder should be there.
+            let path = store.snapshot_dir(&r.snapshot);
+            if std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir()) {
+                break (r, path);
+            }
+            store.release(&r.snapshot).map_err(|e| e.to_string())?;
         };
-        // A loaded result is recorded and leased: its directory is there.
-        let path = store.snapshot_dir(&r.snapshot);
+        let (r, path) = r;
         let effective = if mapped {
             store
                 .meta_get(KEY_NS, &key)

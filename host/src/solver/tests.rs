@@ -183,3 +183,20 @@ step = "b"
     assert!(s.path.join("escape").exists());
     assert!(!e.root.parent().unwrap().join("escape").exists());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_whose_snapshot_folder_vanished_is_a_miss() {
+    let e = env();
+    let s1 = build(&e, CHAIN, false).await.unwrap();
+    // As an interrupted prune can leave it: the folders gone, the records kept.
+    for entry in std::fs::read_dir(e.root.join("snapshots")).unwrap() {
+        std::fs::remove_dir_all(entry.unwrap().path()).unwrap();
+    }
+    let s2 = build(&e, CHAIN, false).await.unwrap();
+    assert_eq!((s2.executed, s2.cached), (5, 0), "{s2:?}");
+    assert_ne!(s2.snapshot, s1.snapshot);
+    assert_eq!(read(&s2.path.join("out/x")), "selected");
+    // The vanished results were released: the next build finds the new ones.
+    let s3 = build(&e, CHAIN, false).await.unwrap();
+    assert_eq!((s3.executed, s3.snapshot), (0, s2.snapshot));
+}
