@@ -111,6 +111,7 @@ mod error;
 pub mod gojson;
 mod log_bridge;
 pub mod patterns;
+pub mod platform;
 mod sdk;
 
 pub use abi::Capabilities;

@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::atomic::AtomicBool;
 
-pub use oci::{host_platform, Platform};
+pub use oci::Platform;
 pub use tarball::{write_tree_tar, HashingWriter};
 
 use crate::worker::WorkerError;
@@ -55,8 +55,8 @@ pub enum ExportError {
     /// The base image's config is not usable.
     #[error("export: base image config: {0}")]
     BaseConfig(String),
-    /// The platform is not `os/arch[/variant]`.
-    #[error("export: invalid platform {0:?} (expected os/arch or os/arch/variant)")]
+    /// The platform is not `os/arch[/variant]` (the message says why).
+    #[error("export: {0}")]
     Platform(String),
 }
 

@@ -21,50 +21,7 @@ const MT_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const MT_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
 const MT_LAYER: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
 
-/// An image platform.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Platform {
-    /// `linux`, …
-    pub os: String,
-    /// GOARCH spelling: `amd64`, `arm64`, …
-    pub architecture: String,
-    /// `v7`, `v8`, … when the architecture has variants.
-    pub variant: Option<String>,
-}
-
-impl Platform {
-    /// Parses `os/arch[/variant]`.
-    pub fn parse(s: &str) -> Result<Platform, ExportError> {
-        let parts: Vec<&str> = s.split('/').collect();
-        if !(2..=3).contains(&parts.len()) || parts.iter().any(|p| p.is_empty()) {
-            return Err(ExportError::Platform(s.to_string()));
-        }
-        Ok(Platform {
-            os: parts[0].to_string(),
-            architecture: parts[1].to_string(),
-            variant: parts.get(2).map(|v| v.to_string()),
-        })
-    }
-}
-
-/// The platform of this host, in OCI (GOARCH) spelling.
-pub fn host_platform() -> Platform {
-    let arch = match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        "x86" => "386",
-        "arm" => "arm",
-        "powerpc64" => "ppc64le",
-        "s390x" => "s390x",
-        "riscv64" => "riscv64",
-        other => other,
-    };
-    Platform {
-        os: std::env::consts::OS.to_string(),
-        architecture: arch.to_string(),
-        variant: (arch == "arm64").then(|| "v8".to_string()),
-    }
-}
+pub use kiln_plugin_api::platform::Platform;
 
 /// Checks an image reference enough to be safe in annotations: non-empty, no spaces or
 /// control characters, no URL credentials.
@@ -149,7 +106,7 @@ pub fn export_oci(
         None => None,
     };
     let platform = match (opts.platform, &base) {
-        (Some(p), _) => Platform::parse(p)?,
+        (Some(p), _) => Platform::parse(p).map_err(|e| ExportError::Platform(e.to_string()))?,
         (None, Some(b)) if b.get("os").is_some() && b.get("architecture").is_some() => Platform {
             os: b["os"].as_str().unwrap_or("linux").to_string(),
             architecture: b["architecture"].as_str().unwrap_or("amd64").to_string(),
@@ -158,7 +115,7 @@ pub fn export_oci(
                 .and_then(|v| v.as_str())
                 .map(str::to_string),
         },
-        _ => host_platform(),
+        _ => Platform::host(),
     };
 
     // The layer, streamed once: tree -> tar -> (diff_id) -> gzip -> (digest) -> temp file.

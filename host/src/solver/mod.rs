@@ -260,108 +260,12 @@ pub(crate) async fn build_with(
     Ok(summary)
 }
 
-/// Operating systems `--platform` accepts (Go's `GOOS` values, as containerd).
-const KNOWN_OS: &[&str] = &[
-    "aix",
-    "android",
-    "darwin",
-    "dragonfly",
-    "freebsd",
-    "hurd",
-    "illumos",
-    "ios",
-    "js",
-    "linux",
-    "nacl",
-    "netbsd",
-    "openbsd",
-    "plan9",
-    "solaris",
-    "wasip1",
-    "windows",
-    "zos",
-];
-
-/// Architectures `--platform` accepts (Go's `GOARCH` values, as containerd).
-const KNOWN_ARCH: &[&str] = &[
-    "386",
-    "amd64",
-    "amd64p32",
-    "arm",
-    "armbe",
-    "arm64",
-    "arm64be",
-    "loong64",
-    "mips",
-    "mipsle",
-    "mips64",
-    "mips64le",
-    "mips64p32",
-    "mips64p32le",
-    "ppc",
-    "ppc64",
-    "ppc64le",
-    "riscv",
-    "riscv64",
-    "s390",
-    "s390x",
-    "sparc",
-    "sparc64",
-    "wasm",
-];
-
-/// Checks `os/arch[/variant]` and writes it the way image indexes do (lower case,
-/// `x86_64` → `amd64`, `aarch64` and `arm64/v8` → `arm64`, `armhf` → `arm/v7`,
-/// `arm` → `arm/v7`, `macos` → `darwin`), as the image plugin does for its sources.
+/// Checks `os/arch[/variant]` and writes it the way image indexes do, with the same
+/// rules as the image plugin and the OCI exporter ([`kiln_plugin_api::platform`]).
 fn normalize_platform(text: &str) -> Result<String, String> {
-    let lower = text.trim().to_ascii_lowercase();
-    let parts: Vec<&str> = lower.split('/').collect();
-    let part_ok = |p: &&str| {
-        !p.is_empty()
-            && p.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
-    };
-    if !(2..=3).contains(&parts.len()) || !parts.iter().all(part_ok) {
-        return Err(format!(
-            "invalid platform {text:?}: expected OS/ARCH[/VARIANT], e.g. linux/amd64 or linux/arm/v7"
-        ));
-    }
-    let os = match parts[0] {
-        "macos" => "darwin",
-        os => os,
-    };
-    if !KNOWN_OS.contains(&os) {
-        return Err(format!(
-            "invalid platform {text:?}: unknown operating system {:?}",
-            parts[0]
-        ));
-    }
-    let variant = parts.get(2).copied().unwrap_or("");
-    let (arch, variant) = match (parts[1], variant) {
-        ("i386" | "386", _) => ("386", ""),
-        ("x86_64" | "x86-64" | "amd64", "v1") => ("amd64", ""),
-        ("x86_64" | "x86-64" | "amd64", v) => ("amd64", v),
-        ("aarch64" | "arm64", "8" | "v8") => ("arm64", ""),
-        ("aarch64" | "arm64", v) => ("arm64", v),
-        ("armhf", _) => ("arm", "v7"),
-        ("armel", _) => ("arm", "v6"),
-        ("arm", "" | "7") => ("arm", "v7"),
-        ("arm", "5") => ("arm", "v5"),
-        ("arm", "6") => ("arm", "v6"),
-        ("arm", "8") => ("arm", "v8"),
-        (arch, v) => (arch, v),
-    };
-    if !KNOWN_ARCH.contains(&arch) {
-        return Err(format!(
-            "invalid platform {text:?}: unknown architecture {:?}",
-            parts[1]
-        ));
-    }
-    Ok(if variant.is_empty() {
-        format!("{os}/{arch}")
-    } else {
-        format!("{os}/{arch}/{variant}")
-    })
+    kiln_plugin_api::platform::Platform::parse(text)
+        .map(|p| p.to_string())
+        .map_err(|e| e.to_string())
 }
 
 /// `local://NAME` sources without a `--local` mapping read the definition's folder

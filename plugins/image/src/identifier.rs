@@ -18,8 +18,8 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use crate::digest::Digest;
-use crate::platform::{Platform, PlatformError};
 use crate::reference::{Reference, ReferenceError};
+use kiln_plugin_api::platform::{Platform, PlatformError};
 
 /// `image.resolvemode`.
 pub const RESOLVE_MODE: &str = "image.resolvemode";

@@ -2,7 +2,7 @@
 //! `oci-layout`).
 //!
 //! This version parses and validates identifiers, attributes and platforms by
-//! BuildKit's rules ([`identifier`], [`reference`], [`digest`], [`platform`]); cache keys
+//! BuildKit's rules ([`identifier`], [`reference`], [`digest`], and `kiln_plugin_api::platform`); cache keys
 //! and snapshots answer `unsupported` until the pulling code lands next to these
 //! modules.
 //!
@@ -11,7 +11,6 @@
 
 pub mod digest;
 pub mod identifier;
-pub mod platform;
 pub mod reference;
 
 use std::path::Path;
@@ -23,7 +22,7 @@ use kiln_plugin_api::{
 use serde::Deserialize;
 
 pub use identifier::{Identifier, IdentifierError, ImageIdentifier, OciIdentifier};
-pub use platform::Platform;
+pub use kiln_plugin_api::platform::Platform;
 pub use reference::Reference;
 
 /// The plugin id.

@@ -3,8 +3,9 @@
 //! `arm64`, `armhf` → `arm/v7`, …). kiln also refuses operating systems and
 //! architectures nobody publishes images for, so a typo fails at once instead of
 //! later as "no match for platform in manifest".
-
-#![warn(missing_docs)]
+//!
+//! Shared by the image plugin (its `platform` attribute), the host's `--platform` flag
+//! and the OCI exporter, so that one spelling means one platform everywhere.
 
 use std::fmt;
 
