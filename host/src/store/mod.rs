@@ -18,7 +18,8 @@
 //! Data is always written first and recorded second:
 //! - a blob is hashed while it is written into its ingest, fsynced, verified, then renamed
 //!   into `blobs/` (blob files exist only with the right content);
-//! - a snapshot is written into a staging directory under `tmp/`, flushed (`syncfs`),
+//! - a snapshot is written into a staging directory under `tmp/`, flushed (file by file
+//!   when small, else `syncfs`),
 //!   renamed into `snapshots/<id>` and recorded in SQLite inside one write transaction;
 //!   a cache result can only name a recorded snapshot (foreign key).
 //!
@@ -156,7 +157,7 @@ impl Store {
         })
     }
 
-    /// Whether [`Store::commit`] flushes a snapshot's tree to disk (`syncfs`) before
+    /// Whether [`Store::commit`] flushes a snapshot's tree to disk before
     /// recording it. On by default. Turning it off keeps every guarantee against a killed
     /// process (the kernel keeps the written data) but not against a power loss, which
     /// could then leave a recorded snapshot with unwritten file contents.

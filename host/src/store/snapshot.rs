@@ -1,7 +1,7 @@
 //! Snapshots: immutable trees under `snapshots/<id>/`, made through staging directories.
 //!
 //! [`Store::stage`] hands out a fresh directory under `<root>/tmp/` (same filesystem).
-//! The producer fills it, then [`Store::commit`] flushes the filesystem (`syncfs`),
+//! The producer fills it, then [`Store::commit`] flushes it to disk,
 //! measures the tree, and — inside one SQLite write transaction — renames the directory
 //! to `snapshots/<id>` and records it (with its metadata and a lease for this owner).
 //! A crash before the rename leaves a staging directory of a dead owner; a crash between
@@ -156,15 +156,16 @@ impl Store {
         for b in &meta.blobs {
             super::content::sha256_hex(b)?;
         }
+        let (size, entries) =
+            fsutil::tree_size(&staging.path).ctx("measure staging directory", &staging.path)?;
         if self
             .inner
             .sync_snapshots
             .load(std::sync::atomic::Ordering::Relaxed)
         {
-            fsutil::syncfs(&staging.path).ctx("flush staging directory", &staging.path)?;
+            fsutil::flush_tree(&staging.path, entries)
+                .ctx("flush staging directory", &staging.path)?;
         }
-        let (size, entries) =
-            fsutil::tree_size(&staging.path).ctx("measure staging directory", &staging.path)?;
         let id = SnapshotId::new_random();
         let dest = self.snapshot_dir(&id);
         let owner = self.inner.owner.clone();
