@@ -66,7 +66,7 @@ pub(crate) fn syncfs(path: &Path) -> io::Result<()> {
 
 /// Trees with at most this many entries are flushed file by file; larger ones with one
 /// `syncfs(2)`.
-const FSYNC_EACH_MAX: u64 = 256;
+const FSYNC_EACH_MAX: u64 = 16;
 
 /// Makes a freshly written tree of `entries` entries durable. A small tree is flushed
 /// file by file, so that the cost is its own data only (`syncfs` would also wait for
