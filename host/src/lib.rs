@@ -14,4 +14,6 @@ pub mod solver;
 pub mod source_cache;
 pub mod source_manager;
 pub mod store;
+#[cfg(test)]
+mod testutil;
 pub mod worker;

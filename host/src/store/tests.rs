@@ -1025,35 +1025,6 @@ fn concurrent_builds_and_prunes_never_lose_a_leased_snapshot() {
     assert!(prune_thread.join().unwrap() > 0);
 }
 
-/// Clears CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH from the calling thread's effective
-/// set, so that file modes apply to it even as root (capabilities are per thread).
-fn drop_dac_override() {
-    #[repr(C)]
-    struct Header {
-        version: u32,
-        pid: i32,
-    }
-    #[repr(C)]
-    #[derive(Clone, Copy, Default)]
-    struct Data {
-        effective: u32,
-        permitted: u32,
-        inheritable: u32,
-    }
-    let mut h = Header {
-        version: 0x2008_0522, // _LINUX_CAPABILITY_VERSION_3
-        pid: 0,
-    };
-    let mut d = [Data::default(); 2];
-    let rc = unsafe { libc::syscall(libc::SYS_capget, &mut h, d.as_mut_ptr()) };
-    assert_eq!(rc, 0, "capget: {}", std::io::Error::last_os_error());
-    const CAP_DAC_OVERRIDE: u32 = 1;
-    const CAP_DAC_READ_SEARCH: u32 = 2;
-    d[0].effective &= !((1 << CAP_DAC_OVERRIDE) | (1 << CAP_DAC_READ_SEARCH));
-    let rc = unsafe { libc::syscall(libc::SYS_capset, &mut h, d.as_ptr()) };
-    assert_eq!(rc, 0, "capset: {}", std::io::Error::last_os_error());
-}
-
 #[test]
 fn prune_failing_to_move_a_directory_keeps_every_record_with_its_directory() {
     use std::os::unix::fs::PermissionsExt;
@@ -1076,16 +1047,11 @@ fn prune_failing_to_move_a_directory_keeps_every_record_with_its_directory() {
     ids.sort_by(|a, b| a.as_str().cmp(b.as_str()));
     let stuck = s.snapshot_dir(&ids[1]);
     fs::set_permissions(&stuck, fs::Permissions::from_mode(0o555)).unwrap();
-    let result = std::thread::scope(|sc| {
-        sc.spawn(|| {
-            drop_dac_override();
-            s.prune(PruneOptions {
-                all: true,
-                keep_duration: None,
-            })
+    let result = crate::testutil::without_dac_override(|| {
+        s.prune(PruneOptions {
+            all: true,
+            keep_duration: None,
         })
-        .join()
-        .unwrap()
     });
     fs::set_permissions(&stuck, fs::Permissions::from_mode(0o755)).unwrap();
     // Whatever is still recorded has its directory, and every cache result resolves.

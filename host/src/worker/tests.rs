@@ -599,42 +599,6 @@ fn copy_tree_speed_against_cp() {
     );
 }
 
-/// Runs `f` on a thread that file modes apply to even as root: CAP_DAC_OVERRIDE and
-/// CAP_DAC_READ_SEARCH are cleared from that thread's effective set only.
-fn without_dac_override<T: Send>(f: impl FnOnce() -> T + Send) -> T {
-    #[repr(C)]
-    struct Header {
-        version: u32,
-        pid: i32,
-    }
-    #[repr(C)]
-    #[derive(Clone, Copy, Default)]
-    struct Data {
-        effective: u32,
-        permitted: u32,
-        inheritable: u32,
-    }
-    const CAP_DAC_OVERRIDE: u32 = 1;
-    const CAP_DAC_READ_SEARCH: u32 = 2;
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            let mut h = Header {
-                version: 0x2008_0522, // _LINUX_CAPABILITY_VERSION_3
-                pid: 0,
-            };
-            let mut d = [Data::default(); 2];
-            let rc = unsafe { libc::syscall(libc::SYS_capget, &mut h, d.as_mut_ptr()) };
-            assert_eq!(rc, 0, "capget: {}", std::io::Error::last_os_error());
-            d[0].effective &= !((1 << CAP_DAC_OVERRIDE) | (1 << CAP_DAC_READ_SEARCH));
-            let rc = unsafe { libc::syscall(libc::SYS_capset, &mut h, d.as_ptr()) };
-            assert_eq!(rc, 0, "capset: {}", std::io::Error::last_os_error());
-            f()
-        })
-        .join()
-        .unwrap()
-    })
-}
-
 #[test]
 fn read_only_directories_copy_for_a_user_without_dac_override() {
     let e = env();
@@ -655,7 +619,7 @@ fn read_only_directories_copy_for_a_user_without_dac_override() {
     let (m, s) = (t.join("m"), t.join("s"));
     fs::create_dir(&m).unwrap();
     fs::create_dir(&s).unwrap();
-    let results = without_dac_override(|| {
+    let results = crate::testutil::without_dac_override(|| {
         [
             ("materialize", materialize(Some(&a), &m, None)),
             ("merge", merge(&[&a, &b], &s, None)),
