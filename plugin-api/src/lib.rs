@@ -118,7 +118,7 @@ pub use abi::Capabilities;
 pub use error::{ErrorCode, PluginError, Result};
 pub use sdk::{
     guard, parse_config, BlobWriter, CacheKey, Host, Job, Plugin, PluginInfo, Request, Snapshot,
-    Source, SourceInstance, DESCRIBE_ERROR,
+    Source, SourceInstance, DESCRIBE_ERROR, OCI_LAYOUT_PREFIX, SSH_PREFIX,
 };
 
 /// The version of this plugin-api, declared by every plugin built against it.

@@ -229,6 +229,11 @@ impl std::io::Write for BlobWriter {
     }
 }
 
+/// The lookup-name prefix under which the host answers `--oci-layout NAME=DIR`.
+pub const OCI_LAYOUT_PREFIX: &str = "oci-layout:";
+/// The lookup-name prefix under which the host answers `--ssh ID[=SOCKET]`.
+pub const SSH_PREFIX: &str = "ssh:";
+
 /// The job a call belongs to (see [`crate::abi::JobContext`]).
 pub struct Job<'a> {
     inner: &'a JobContextBox,
@@ -268,6 +273,19 @@ impl<'a> Job<'a> {
             .local_dir(name.into())
             .into_option()
             .map(|p| PathBuf::from(p.as_str()))
+    }
+    /// The OCI image layout directory given with `--oci-layout NAME=DIR`.
+    ///
+    /// The host answers it through the same lookup as [`Job::local_dir`], under the
+    /// name `oci-layout:NAME` ([`OCI_LAYOUT_PREFIX`]), so the ABI needs no new call.
+    pub fn oci_layout_dir(&self, name: &str) -> Option<PathBuf> {
+        self.local_dir(&format!("{OCI_LAYOUT_PREFIX}{name}"))
+    }
+    /// The ssh-agent socket given with `--ssh ID[=SOCKET]` (`$SSH_AUTH_SOCK` when no
+    /// socket is named), looked up as `ssh:ID` ([`SSH_PREFIX`]) like
+    /// [`Job::oci_layout_dir`].
+    pub fn ssh_socket(&self, id: &str) -> Option<PathBuf> {
+        self.local_dir(&format!("{SSH_PREFIX}{id}"))
     }
     /// Reports a task's start.
     pub fn progress_start(&self, task: &str, total: u64) {
