@@ -211,7 +211,19 @@ fn oci_archive_is_read_by_skopeo_and_umoci() {
         "rootfs": { "type": "layers", "diff_ids": ["sha256:0000000000000000000000000000000000000000000000000000000000000000"] },
         "history": [{ "created_by": "base layer" }],
     });
-    let base_bytes = serde_json::to_vec(&base_config).unwrap();
+    // A base whose blobs are not at hand (pruned): the result is squashed into one
+    // layer, and the base's runtime config still carries over.
+    let base = BaseImage {
+        reference: "example.com/base:1".into(),
+        config: serde_json::to_vec(&base_config).unwrap(),
+        layers: vec![BaseLayer {
+            media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(),
+            digest: format!("sha256:{}", "1".repeat(64)),
+            size: 10,
+            blob: None,
+        }],
+        rootfs: Some(tree.clone()),
+    };
     let archive = t.path().join("img.tar");
     let spec: OutputSpec = format!(
         "type=oci,dest={},name=example.com/team/app:v1",
@@ -221,7 +233,7 @@ fn oci_archive_is_read_by_skopeo_and_umoci() {
     .unwrap();
     let opts = ExportOptions {
         platform: Some("linux/amd64"),
-        base_config: Some(&base_bytes),
+        base: Some(&base),
         cancel: None,
     };
     let r = export(&tree, &spec, &opts).unwrap();
@@ -323,8 +335,12 @@ fn oci_without_base_uses_the_platform_given() {
     .unwrap();
     assert_eq!(v["Digest"], d);
     assert_eq!(v["Architecture"], "arm64");
+    let not_json = BaseImage {
+        config: b"not json".to_vec(),
+        ..Default::default()
+    };
     let bad = ExportOptions {
-        base_config: Some(b"not json"),
+        base: Some(&not_json),
         ..Default::default()
     };
     let err = export(&tree, &spec, &bad).unwrap_err().to_string();
