@@ -58,9 +58,19 @@ pub(crate) fn base_image(
     let Some(source) = base_chain_source(def, step) else {
         return Ok(None);
     };
-    let Some(r) = results.get(source) else {
-        return Ok(None);
-    };
+    match results.get(source) {
+        Some(r) => image_of(store, source, r),
+        None => Ok(None),
+    }
+}
+
+/// The image a source step's result `r` is, if it is one (its opts name an
+/// `image.config`): config read and checked, layer blobs leased, rootfs the snapshot.
+pub(crate) fn image_of(
+    store: &Store,
+    source: &str,
+    r: &NodeResult,
+) -> Result<Option<BaseImage>, String> {
     let Some(config_digest) = r.opts.get(OPT_CONFIG) else {
         return Ok(None);
     };
