@@ -123,3 +123,101 @@ fn read_config(store: &Store, digest: &str) -> Result<Vec<u8>, String> {
     }
     Ok(bytes)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::SnapshotId;
+
+    fn commit(store: &Store, bytes: &[u8]) -> String {
+        let mut i = store.ingest(&hex::encode(Sha256::digest(bytes))).unwrap();
+        i.copy_from(&mut &bytes[..]).unwrap();
+        i.commit(None).unwrap().digest
+    }
+
+    fn source_result(path: &std::path::Path, opts: &[(&str, String)]) -> Arc<NodeResult> {
+        Arc::new(NodeResult {
+            key: "k".into(),
+            snapshot: SnapshotId::parse(&"0".repeat(32)).unwrap(),
+            path: path.to_path_buf(),
+            cached: true,
+            source: Some(("docker-image://example.com/base:1".into(), None)),
+            opts: opts
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect(),
+        })
+    }
+
+    const DEF: &str = r#"
+version = 1
+[steps.base]
+source = "docker-image://example.com/base:1"
+[steps.ctx]
+base = "scratch"
+actions = [{ mkfile = { path = "/x", data = "x" } }]
+[steps.app]
+base = "base"
+actions = [{ mkfile = { path = "/y", data = "y" } }]
+[steps.all]
+merge = ["app", "ctx"]
+[steps.other]
+merge = ["ctx", "app"]
+[output]
+step = "all"
+"#;
+
+    #[test]
+    fn the_base_image_comes_from_the_chain_source_opts_and_the_content_store() {
+        let t = tempfile::tempdir().unwrap();
+        let store = Store::open(&t.path().join("root")).unwrap();
+        let def = Definition::parse(DEF, t.path().to_path_buf()).unwrap();
+        let config = br#"{"architecture":"amd64","os":"linux","config":{"Env":["A=1"]}}"#;
+        let config_digest = commit(&store, config);
+        let layer = commit(&store, b"layer bytes");
+        let pruned = format!("sha256:{}", "2".repeat(64));
+        let layers = serde_json::json!([
+            { "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": layer, "size": 11 },
+            { "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": pruned, "size": 5 },
+        ]);
+        let rootfs = t.path().join("rootfs");
+        let opts = [
+            (OPT_REF, "example.com/base:1".to_string()),
+            (OPT_CONFIG, config_digest.clone()),
+            (OPT_LAYERS, layers.to_string()),
+        ];
+        let mut results = BTreeMap::new();
+        results.insert("base".to_string(), source_result(&rootfs, &opts));
+
+        // Through a file step and a merge's bottom layer; not through a merge's top.
+        let b = base_image(&store, &def, &results, "all").unwrap().unwrap();
+        assert_eq!(b.reference, "example.com/base:1");
+        assert_eq!(b.config, config);
+        assert_eq!(b.rootfs.as_deref(), Some(rootfs.as_path()));
+        assert_eq!(b.layers.len(), 2);
+        assert_eq!(b.layers[0].blob, store.blob_path(&layer));
+        assert_eq!(b.layers[0].size, 11);
+        assert_eq!(b.layers[1].blob, None);
+        assert!(base_image(&store, &def, &results, "other")
+            .unwrap()
+            .is_none());
+        assert!(base_image(&store, &def, &results, "ctx").unwrap().is_none());
+
+        // A source without image opts is no image.
+        results.insert("base".to_string(), source_result(&rootfs, &[]));
+        assert!(base_image(&store, &def, &results, "app").unwrap().is_none());
+
+        // A config the store lacks: an error naming the image, the step and the digest.
+        let missing = format!("sha256:{}", "3".repeat(64));
+        let opts = [
+            (OPT_REF, "example.com/base:1".to_string()),
+            (OPT_CONFIG, missing.clone()),
+        ];
+        results.insert("base".to_string(), source_result(&rootfs, &opts));
+        let err = base_image(&store, &def, &results, "app").unwrap_err();
+        assert!(
+            err.contains("example.com/base:1") && err.contains("`base`") && err.contains(&missing),
+            "{err}"
+        );
+    }
+}
