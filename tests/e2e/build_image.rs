@@ -42,17 +42,28 @@ fn make_layout(env: &Env) -> Layout {
     let image = format!("{}:1", dir.display());
     run(Command::new("umoci").arg("init").arg("--layout").arg(&dir));
     run(Command::new("umoci").args(["new", "--image"]).arg(&image));
-    env.write("src1/bin/sh", "#!/bin/sh\n");
-    env.write("src1/etc/motd", "base\n");
-    env.write("src1/etc/old", "old\n");
-    env.write("src2/usr/share/doc/a", "a\n");
-    env.write("src2/usr/share/doc/b", "b\n");
-    for src in ["src1", "src2"] {
+    // Two layers made the way a user makes them by hand: unpack, change, repack.
+    let layers: [&[(&str, &str)]; 2] = [
+        &[
+            ("bin/sh", "#!/bin/sh\n"),
+            ("etc/motd", "base\n"),
+            ("etc/old", "old\n"),
+        ],
+        &[("usr/share/doc/a", "a\n"), ("usr/share/doc/b", "b\n")],
+    ];
+    for (i, files) in layers.iter().enumerate() {
+        let bundle = env.path(&format!("bundle{i}"));
         run(Command::new("umoci")
-            .args(["insert", "--rootless", "--image"])
+            .args(["unpack", "--rootless", "--image"])
             .arg(&image)
-            .arg(env.path(src))
-            .arg("/"));
+            .arg(&bundle));
+        for (path, data) in *files {
+            env.write(&format!("bundle{i}/rootfs/{path}"), data);
+        }
+        run(Command::new("umoci")
+            .args(["repack", "--image"])
+            .arg(&image)
+            .arg(&bundle));
     }
     run(Command::new("umoci")
         .args(["config", "--image"])
