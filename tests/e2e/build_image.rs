@@ -389,3 +389,50 @@ fn oci_layout_and_ssh_flags_are_checked_before_anything_runs() {
         .unwrap();
     Run::from(out).success();
 }
+
+/// Needs the image plugin (`oci-layout://`).
+#[test]
+fn a_layer_limited_base_keeps_only_the_layers_it_used() {
+    let env = Env::new();
+    let layout = make_layout(&env);
+    let def = env.write(
+        "proj/kiln.build.toml",
+        r#"
+version = 1
+[steps.base]
+source = "oci-layout://base:1"
+attrs = { "oci.layerlimit" = "1" }
+[steps.app]
+base = "base"
+actions = [{ mkfile = { path = "/added", data = "added\n" } }]
+[output]
+step = "app"
+"#,
+    );
+    let archive = env.path("limited.tar");
+    build(
+        &env,
+        &def,
+        &layout,
+        &[
+            "--output".into(),
+            format!("type=oci,dest={},name=limited:1", archive.display()),
+        ],
+    )
+    .success();
+    let v = json(&run(Command::new("skopeo")
+        .arg("inspect")
+        .arg(format!("oci-archive:{}", archive.display()))));
+    let layers = v["Layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 2, "{v}");
+    assert_eq!(layers[0], layout.layers[0].as_str());
+    let c = json(&run(Command::new("skopeo")
+        .args(["inspect", "--config"])
+        .arg(format!("oci-archive:{}", archive.display()))));
+    assert_eq!(c["rootfs"]["diff_ids"].as_array().unwrap().len(), 2, "{c}");
+    let rootfs = unpack_archive(&env, &archive, "1", "limited");
+    assert_eq!(
+        tree(&rootfs).keys().cloned().collect::<Vec<_>>(),
+        ["added", "bin/", "bin/sh", "etc/", "etc/motd", "etc/old"]
+    );
+}
