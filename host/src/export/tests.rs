@@ -459,6 +459,10 @@ fn base_image(t: &Path) -> (BaseImage, Vec<String>) {
     fs::write(l1.join("etc/motd"), "base\n").unwrap();
     fs::write(l1.join("usr/share/doc/a"), "a").unwrap();
     fs::write(l1.join("usr/share/doc/b"), "b").unwrap();
+    fs::create_dir_all(l1.join("opt/dir")).unwrap();
+    fs::write(l1.join("opt/dir/x"), "x").unwrap();
+    fs::write(l1.join("opt/file"), "file").unwrap();
+    symlink("/etc/motd", l1.join("opt/link")).unwrap();
     let l2 = t.join("l2");
     fs::create_dir_all(l2.join("etc")).unwrap();
     fs::write(l2.join("etc/motd"), "layer two\n").unwrap();
@@ -551,6 +555,14 @@ fn oci_on_an_image_base_keeps_its_layers_and_config_and_adds_one_diff_layer() {
     fs::remove_file(tree.join("usr/share/doc/a")).unwrap();
     fs::remove_file(tree.join("usr/share/doc/b")).unwrap();
     fs::write(tree.join("usr/share/doc/c"), "c").unwrap();
+    // Type changes: a folder becomes a file, a file a folder, a symlink a file.
+    fs::remove_dir_all(tree.join("opt/dir")).unwrap();
+    fs::write(tree.join("opt/dir"), "now a file").unwrap();
+    fs::remove_file(tree.join("opt/file")).unwrap();
+    fs::create_dir(tree.join("opt/file")).unwrap();
+    fs::write(tree.join("opt/file/y"), "y").unwrap();
+    fs::remove_file(tree.join("opt/link")).unwrap();
+    fs::write(tree.join("opt/link"), "was a link").unwrap();
 
     let archive = t.path().join("img.tar");
     let spec: OutputSpec = format!(
