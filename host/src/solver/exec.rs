@@ -4,6 +4,7 @@
 //! in the node, and concurrent callers wait for it). Across processes, a per-key file
 //! lock makes the first one build and the others find its result.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -228,13 +229,18 @@ async fn commit(
     .await
 }
 
-fn cached(hit: Hit, source: Option<(String, Option<String>)>) -> NodeResult {
+fn cached(
+    hit: Hit,
+    source: Option<(String, Option<String>)>,
+    opts: BTreeMap<String, String>,
+) -> NodeResult {
     NodeResult {
         key: hit.effective,
         snapshot: hit.snapshot,
         path: hit.path,
         cached: true,
         source,
+        opts,
     }
 }
 
@@ -244,11 +250,14 @@ async fn source(node: &Node, ctx: &Arc<Ctx>, op: SourceOp) -> Res<NodeResult> {
     let identifier = op.identifier().canonical.clone();
     let mut keys: Vec<String> = Vec::new();
     let mut session = false;
+    // The plugin's opts of every index asked (index 0 is always asked, hit or miss).
+    let mut opts: BTreeMap<String, String> = BTreeMap::new();
     for index in 0..16u32 {
         let cm = op
             .cache_map(index, &ctx.job, step)
             .await
             .map_err(|e| e.message)?;
+        opts.extend(cm.opts.iter().cloned());
         if is_random(&cm.digest) {
             session = true;
         } else {
@@ -261,7 +270,7 @@ async fn source(node: &Node, ctx: &Arc<Ctx>, op: SourceOp) -> Res<NodeResult> {
                         all.push(key);
                         save(&ctx.store, all, &hit.snapshot, &hit.effective).await?;
                     }
-                    return Ok(cached(hit, Some((identifier, op.pin()))));
+                    return Ok(cached(hit, Some((identifier, op.pin())), opts));
                 }
             }
             keys.push(key);
@@ -275,7 +284,7 @@ async fn source(node: &Node, ctx: &Arc<Ctx>, op: SourceOp) -> Res<NodeResult> {
     }
 
     if session || keys.is_empty() {
-        return session_source(node, ctx, &op, identifier).await;
+        return session_source(node, ctx, &op, identifier, opts).await;
     }
 
     // The strongest key is the lock and the key dependents build on.
@@ -284,7 +293,7 @@ async fn source(node: &Node, ctx: &Arc<Ctx>, op: SourceOp) -> Res<NodeResult> {
     if !ctx.no_cache {
         if let Some(hit) = lookup(&ctx.store, &strongest, false).await? {
             save(&ctx.store, keys, &hit.snapshot, &hit.effective).await?;
-            return Ok(cached(hit, Some((identifier, op.pin()))));
+            return Ok(cached(hit, Some((identifier, op.pin())), opts));
         }
     }
     ctx.progress.step(step, StepEvent::Start);
@@ -311,6 +320,7 @@ async fn source(node: &Node, ctx: &Arc<Ctx>, op: SourceOp) -> Res<NodeResult> {
         path,
         cached: false,
         source: Some((identifier, pin)),
+        opts,
     })
 }
 
@@ -322,6 +332,7 @@ async fn session_source(
     ctx: &Arc<Ctx>,
     op: &SourceOp,
     identifier: String,
+    opts: BTreeMap<String, String>,
 ) -> Res<NodeResult> {
     let step = node.name.as_str();
     let staging = stage(&ctx.store).await?;
@@ -339,7 +350,7 @@ async fn session_source(
         if let Some(hit) = lookup(&ctx.store, &key, false).await? {
             ctx.hasher.insert(hit.snapshot.as_str(), tree);
             drop(staging);
-            return Ok(cached(hit, source));
+            return Ok(cached(hit, source, opts));
         }
     }
     ctx.progress.step(step, StepEvent::Start);
@@ -357,6 +368,7 @@ async fn session_source(
         path,
         cached: false,
         source,
+        opts,
     })
 }
 
@@ -421,7 +433,7 @@ async fn operation(
     let reads_by_path = def.selectors.iter().any(Option::is_some);
     if !ctx.no_cache {
         if let Some(hit) = lookup(&ctx.store, &fast, reads_by_path).await? {
-            return Ok(cached(hit, None));
+            return Ok(cached(hit, None, BTreeMap::new()));
         }
     }
 
@@ -445,7 +457,7 @@ async fn operation(
     if let (Some(slow), false) = (&slow, ctx.no_cache) {
         if let Some(hit) = lookup(&ctx.store, slow, false).await? {
             save(&ctx.store, vec![fast], &hit.snapshot, &hit.effective).await?;
-            return Ok(cached(hit, None));
+            return Ok(cached(hit, None, BTreeMap::new()));
         }
     }
 
@@ -453,7 +465,7 @@ async fn operation(
     if !ctx.no_cache {
         if let Some(hit) = lookup(&ctx.store, &effective, false).await? {
             save(&ctx.store, vec![fast], &hit.snapshot, &hit.effective).await?;
-            return Ok(cached(hit, None));
+            return Ok(cached(hit, None, BTreeMap::new()));
         }
     }
 
@@ -514,5 +526,6 @@ async fn operation(
         path,
         cached: false,
         source: None,
+        opts: BTreeMap::new(),
     })
 }

@@ -25,6 +25,11 @@ pub(crate) struct NodeResult {
     pub cached: bool,
     /// For sources: the canonical identifier and the pin.
     pub source: Option<(String, Option<String>)>,
+    /// For sources: the `opts` of the plugin's cache-key answers (every index asked,
+    /// a later index's value winning), kept on cache hits too. An image source's
+    /// `image.ref`, `image.config` and `image.layers` describe the image
+    /// ([`super::base`]).
+    pub opts: BTreeMap<String, String>,
 }
 
 /// A failed vertex: the step that failed and why.
