@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use crate::build::op::OpDef;
-use crate::build::Action;
+use crate::build::{Action, RunStep};
 use crate::contenthash::{ContentHasher, Selector, TreeHash};
 use crate::job::Job;
 use crate::progress::{Progress, StepEvent};
@@ -106,6 +106,7 @@ async fn run(node: &Node, ctx: &Arc<Ctx>, inputs: &[Arc<NodeResult>]) -> Res<Nod
             .await
         }
         NodeKind::Merge { def } => operation(node, ctx, def, inputs, Exec::Merge).await,
+        NodeKind::Run { def, step } => operation(node, ctx, def, inputs, Exec::Run(step)).await,
     }
 }
 
@@ -364,6 +365,8 @@ enum Exec<'a> {
     /// Actions, and whether input 0 is the base.
     File(&'a [Action], bool),
     Merge,
+    /// A command, then its actions.
+    Run(&'a RunStep),
 }
 
 /// The checksum of what `selectors` name in an input, memoised in the snapshot's
@@ -498,6 +501,32 @@ async fn operation(
             })
             .await?
         }
+        Exec::Run(run) => {
+            let run = run.clone();
+            let names = def.inputs.clone();
+            let (job, root) = (ctx.job.clone(), ctx.store.root().to_path_buf());
+            let (progress, name) = (ctx.progress.clone(), step.to_string());
+            let image_config = None::<serde_json::Value>;
+            blocking(move || {
+                let has_base = run.base.is_some();
+                let lookup = |n: &str| names.iter().position(|x| x == n).map(|i| paths[i].clone());
+                let inputs = super::run_step::RunInputs {
+                    base: has_base.then(|| paths[0].as_path()),
+                    trees: &lookup,
+                    image_config: image_config.as_ref(),
+                    root: &root,
+                    job: &job,
+                };
+                let out = StepLog {
+                    progress,
+                    step: name,
+                };
+                super::run_step::execute(&run, &inputs, &target, &cancel, &out)?;
+                crate::worker::apply(&run.actions, &target, &lookup, Some(&cancel))
+                    .map_err(|e| e.to_string())
+            })
+            .await?
+        }
     }
     let meta = SnapshotMeta {
         description: format!("step {step}"),
@@ -515,4 +544,17 @@ async fn operation(
         cached: false,
         source: None,
     })
+}
+
+/// Sends a run's output lines to the progress display as the step's log.
+struct StepLog {
+    progress: Arc<Progress>,
+    step: String,
+}
+
+impl crate::exec::OutputSink for StepLog {
+    fn line(&self, line: &str) {
+        self.progress
+            .step(&self.step, StepEvent::Log(line.to_string()));
+    }
 }

@@ -17,6 +17,7 @@
 mod exec;
 mod graph;
 pub mod keys;
+mod run_step;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -143,6 +144,11 @@ pub(crate) async fn build_with(
     let job =
         Arc::new(Job::new(opts.secrets.clone(), locals.clone()).with_progress(progress.clone()));
 
+    if def.steps.values().any(|s| matches!(s, Step::Run(_))) {
+        // Containers, mounts and bundles a killed kiln left behind go first.
+        let root = root.to_path_buf();
+        let _ = tokio::task::spawn_blocking(move || run_step::reap(&root)).await;
+    }
     let scope = sharing_scope(root, &locals, opts.no_cache);
     let graph = graph::build_graph(&def, &sources, opts.platform.as_deref(), &scope)
         .await
@@ -389,6 +395,7 @@ fn base_chain_source<'a>(def: &'a Definition, mut step: &'a str) -> Option<&'a s
             Step::Source(_) => return Some(step),
             Step::File(f) => step = f.base.as_deref()?,
             Step::Merge(m) => step = m.inputs.first()?,
+            Step::Run(r) => step = r.base.as_deref()?,
         }
     }
     None
