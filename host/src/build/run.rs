@@ -265,12 +265,14 @@ fn parse_mount(step: &str, n: usize, v: &Value) -> Res<RunMount> {
         "secret" => &["type", "id", "target", "required"],
         "tmpfs" => &["type", "target"],
         "ssh" => &["type", "id", "target"],
-        other => return Err(err(
-            step,
-            format!(
+        other => {
+            return Err(err(
+                step,
+                format!(
                 "mount {n}: unknown type {other:?} (expected bind, cache, secret, tmpfs or ssh)"
             ),
-        )),
+            ))
+        }
     };
     for k in t.keys() {
         if !allowed.contains(&k.as_str()) {

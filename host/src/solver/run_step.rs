@@ -185,9 +185,11 @@ pub(crate) fn execute(
                     data: data.clone(),
                     target: target.clone(),
                 },
-                None if *required => return Err(format!(
+                None if *required => {
+                    return Err(format!(
                     "secret mount {target}: no secret `{id}` was given (--secret id={id},src=FILE)"
-                )),
+                ))
+                }
                 None => continue,
             },
             RunMount::Tmpfs { target } => Mount::Tmpfs {
