@@ -25,13 +25,15 @@ pub const OPT_CONFIG: &str = "image.config";
 /// The opts key of an image source's layer descriptors (a JSON array).
 pub const OPT_LAYERS: &str = "image.layers";
 
-/// Follows `base` (file steps) and the bottom layer (merges) down to a source step.
+/// Follows `base` (file and run steps) and the bottom layer (merges) down to a source
+/// step.
 pub(crate) fn base_chain_source<'a>(def: &'a Definition, mut step: &'a str) -> Option<&'a str> {
     for _ in 0..def.steps.len() + 1 {
         match def.steps.get(step)? {
             Step::Source(_) => return Some(step),
             Step::File(f) => step = f.base.as_deref()?,
             Step::Merge(m) => step = m.inputs.first()?,
+            Step::Run(r) => step = r.base.as_deref()?,
         }
     }
     None

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use crate::build::op::OpDef;
-use crate::build::Action;
+use crate::build::{Action, RunStep};
 use crate::contenthash::{ContentHasher, Selector, TreeHash};
 use crate::job::Job;
 use crate::progress::{Progress, StepEvent};
@@ -107,6 +107,7 @@ async fn run(node: &Node, ctx: &Arc<Ctx>, inputs: &[Arc<NodeResult>]) -> Res<Nod
             .await
         }
         NodeKind::Merge { def } => operation(node, ctx, def, inputs, Exec::Merge).await,
+        NodeKind::Run { def, step } => operation(node, ctx, def, inputs, Exec::Run(step)).await,
     }
 }
 
@@ -376,6 +377,8 @@ enum Exec<'a> {
     /// Actions, and whether input 0 is the base.
     File(&'a [Action], bool),
     Merge,
+    /// A command, then its actions.
+    Run(&'a RunStep),
 }
 
 /// The checksum of what `selectors` name in an input, memoised in the snapshot's
@@ -510,6 +513,32 @@ async fn operation(
             })
             .await?
         }
+        Exec::Run(run) => {
+            let run = run.clone();
+            let names = def.inputs.clone();
+            let (job, root) = (ctx.job.clone(), ctx.store.root().to_path_buf());
+            let (progress, name) = (ctx.progress.clone(), step.to_string());
+            let image_config = base_image_config(node, &ctx.store).await?;
+            blocking(move || {
+                let has_base = run.base.is_some();
+                let lookup = |n: &str| names.iter().position(|x| x == n).map(|i| paths[i].clone());
+                let inputs = super::run_step::RunInputs {
+                    base: has_base.then(|| paths[0].as_path()),
+                    trees: &lookup,
+                    image_config: image_config.as_ref(),
+                    root: &root,
+                    job: &job,
+                };
+                let out = StepLog {
+                    progress,
+                    step: name,
+                };
+                super::run_step::execute(&run, &inputs, &target, &cancel, &out)?;
+                crate::worker::apply(&run.actions, &target, &lookup, Some(&cancel))
+                    .map_err(|e| e.to_string())
+            })
+            .await?
+        }
     }
     let meta = SnapshotMeta {
         description: format!("step {step}"),
@@ -528,4 +557,51 @@ async fn operation(
         source: None,
         opts: BTreeMap::new(),
     })
+}
+
+/// Sends a run's output lines to the progress display as the step's log.
+struct StepLog {
+    progress: Arc<Progress>,
+    step: String,
+}
+
+impl crate::exec::OutputSink for StepLog {
+    fn line(&self, line: &str) {
+        self.progress
+            .step(&self.step, StepEvent::Log(line.to_string()));
+    }
+}
+
+/// The config of the image `node`'s base chain starts at (through the base of file and
+/// run steps and the bottom layer of merges), read from the content store; `None` when
+/// the chain starts at `scratch` or at a source that is no image.
+async fn base_image_config(node: &Node, store: &Arc<Store>) -> Res<Option<serde_json::Value>> {
+    let mut at: &Node = node;
+    for _ in 0..4096 {
+        let next = match &at.kind {
+            NodeKind::Source { .. } => break,
+            NodeKind::File { step, .. } if step.base.is_some() => at.inputs.first(),
+            NodeKind::Run { step, .. } if step.base.is_some() => at.inputs.first(),
+            NodeKind::Merge { def } => def.canonical["layers"]
+                .get(0)
+                .and_then(serde_json::Value::as_u64)
+                .and_then(|i| at.inputs.get(i as usize)),
+            _ => None,
+        };
+        match next {
+            Some(n) => at = n,
+            None => return Ok(None),
+        }
+    }
+    let Some(Ok(result)) = at.outcome.get() else {
+        return Ok(None);
+    };
+    let (store, name, result) = (store.clone(), at.name.clone(), result.clone());
+    let image = blocking(move || super::base::image_of(&store, &name, &result)).await?;
+    match image {
+        None => Ok(None),
+        Some(img) => serde_json::from_slice(&img.config)
+            .map(Some)
+            .map_err(|e| format!("base image {}: its config is not JSON: {e}", img.reference)),
+    }
 }

@@ -18,6 +18,7 @@ pub mod base;
 mod exec;
 mod graph;
 pub mod keys;
+mod run_step;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -153,6 +154,11 @@ pub(crate) async fn build_with(
         .with_oci_layouts(opts.oci_layouts.clone())
         .with_ssh(opts.ssh.clone())
         .with_progress(progress.clone());
+    if def.steps.values().any(|s| matches!(s, Step::Run(_))) {
+        // Containers, mounts and bundles a killed kiln left behind go first.
+        let root = root.to_path_buf();
+        let _ = tokio::task::spawn_blocking(move || run_step::reap(&root)).await;
+    }
     // Every named lookup separates shared vertices: an `oci-layout://NAME:TAG` resolves
     // differently in another layout directory.
     let scope = sharing_scope(root, &job.locals, opts.no_cache);

@@ -12,6 +12,7 @@
 pub mod digest;
 pub mod identifier;
 pub mod reference;
+pub mod unpack;
 
 use std::path::Path;
 
