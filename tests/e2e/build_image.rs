@@ -436,3 +436,118 @@ step = "app"
         ["added", "bin/", "bin/sh", "etc/", "etc/motd", "etc/old"]
     );
 }
+
+/// Needs the image plugin (`oci-layout://`), root, runc and busybox-static: a run step
+/// on an image base takes the image's Env and WorkingDir, and its changes (a new file,
+/// a deletion) become the one new layer of the OCI export.
+#[test]
+fn a_run_step_on_an_image_exports_its_changes_as_one_layer() {
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "run steps need root: run the test suite as root"
+    );
+    require_program("runc", "runc");
+    require_program("busybox", "busybox-static");
+    require_program("umoci", "umoci");
+    require_program("skopeo", "skopeo");
+    let env = Env::new();
+    let dir = env.path("layout");
+    let image = format!("{}:1", dir.display());
+    run(Command::new("umoci").arg("init").arg("--layout").arg(&dir));
+    run(Command::new("umoci").args(["new", "--image"]).arg(&image));
+    let bundle = env.path("bundle");
+    run(Command::new("umoci")
+        .args(["unpack", "--image"])
+        .arg(&image)
+        .arg(&bundle));
+    let rootfs = bundle.join("rootfs");
+    let busybox = String::from_utf8(
+        Command::new("sh")
+            .args(["-c", "command -v busybox"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    std::fs::create_dir_all(rootfs.join("bin")).unwrap();
+    std::fs::create_dir_all(rootfs.join("srv")).unwrap();
+    std::fs::copy(busybox.trim(), rootfs.join("bin/busybox")).unwrap();
+    for applet in ["sh", "echo", "rm", "pwd"] {
+        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
+    }
+    env.write("bundle/rootfs/etc/doomed", "delete me\n");
+    env.write("bundle/rootfs/etc/kept", "kept\n");
+    run(Command::new("umoci")
+        .args(["repack", "--image"])
+        .arg(&image)
+        .arg(&bundle));
+    run(Command::new("umoci")
+        .args(["config", "--image"])
+        .arg(&image)
+        .args([
+            "--config.env=GREETING=hello",
+            "--config.env=PATH=/bin",
+            "--config.workingdir=/srv",
+        ]));
+    let base_layers = json(&run(Command::new("skopeo")
+        .arg("inspect")
+        .arg(format!("oci:{image}"))))["Layers"]
+        .clone();
+
+    let def = env.write(
+        "proj/kiln.build.toml",
+        r#"
+version = 1
+[steps.base]
+source = "oci-layout://base:1"
+[steps.run]
+base = "base"
+run = 'echo "$GREETING from $(pwd)" > /srv/out.txt && rm /etc/doomed'
+[output]
+step = "run"
+"#,
+    );
+    let archive = env.path("run.tar");
+    let layout = Layout {
+        dir,
+        manifest: String::new(),
+        layers: vec![],
+    };
+    build(
+        &env,
+        &def,
+        &layout,
+        &[
+            "--output".into(),
+            format!("type=oci,dest={},name=run:1", archive.display()),
+        ],
+    )
+    .success();
+    let v = json(&run(Command::new("skopeo")
+        .arg("inspect")
+        .arg(format!("oci-archive:{}", archive.display()))));
+    let layers = v["Layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 2, "{v}");
+    assert_eq!(layers[0], base_layers[0]);
+    assert_eq!(v["Env"], serde_json::json!(["GREETING=hello", "PATH=/bin"]));
+    let out = unpack_archive(&env, &archive, "1", "run");
+    assert_eq!(
+        std::fs::read_to_string(out.join("srv/out.txt")).unwrap(),
+        "hello from /srv\n"
+    );
+    assert!(!out.join("etc/doomed").exists());
+    assert_eq!(
+        std::fs::read_to_string(out.join("etc/kept")).unwrap(),
+        "kept\n"
+    );
+    // The new layer holds the changes and their folders, nothing of the unchanged base.
+    let new_layer = env.path(&format!(
+        "unpacked-run/layout/blobs/sha256/{}",
+        layers[1].as_str().unwrap().trim_start_matches("sha256:")
+    ));
+    let listing = run(Command::new("tar").arg("-tzf").arg(&new_layer));
+    let mut entries: Vec<&str> = listing.lines().collect();
+    entries.sort();
+    assert_eq!(entries, ["etc/", "etc/.wh.doomed", "srv/", "srv/out.txt"]);
+}

@@ -404,7 +404,11 @@ fn append_entry<W: Write>(
     let ft = m.file_type();
     if ft.is_dir() {
         h.set_entry_type(tar::EntryType::Directory);
-        b.append_data(&mut h, rel, io::empty()).map_err(werr)
+        // `dir/`, as docker and containerd write folders.
+        let mut name = rel.as_os_str().to_os_string();
+        name.push("/");
+        b.append_data(&mut h, Path::new(&name), io::empty())
+            .map_err(werr)
     } else if ft.is_file() {
         if m.nlink() > 1 {
             let key = (m.dev(), m.ino());

@@ -104,8 +104,15 @@ fn changes_cover_add_change_delete_opaque_links_and_modes() {
     let mut seen = Vec::new();
     for e in ar.entries().unwrap() {
         let mut e = e.unwrap();
-        let path = e.path().unwrap().display().to_string();
+        let raw = e.path().unwrap().display().to_string();
         let h = e.header().clone();
+        // Folders are written `dir/`, as docker and containerd do.
+        assert_eq!(
+            raw.ends_with('/'),
+            h.entry_type() == tar::EntryType::Directory,
+            "{raw}"
+        );
+        let path = raw.trim_end_matches('/').to_string();
         let mut data = String::new();
         e.read_to_string(&mut data).unwrap();
         let link = e.link_name().unwrap().map(|l| l.display().to_string());
@@ -176,7 +183,12 @@ fn one_removed_entry_is_a_whiteout_and_a_new_hard_link_keeps_both_names() {
         .map(|e| {
             let e = e.unwrap();
             (
-                e.path().unwrap().display().to_string(),
+                e.path()
+                    .unwrap()
+                    .display()
+                    .to_string()
+                    .trim_end_matches('/')
+                    .to_string(),
                 e.header().entry_type(),
             )
         })
