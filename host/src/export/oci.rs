@@ -165,19 +165,43 @@ fn oci_layer_type(media_type: &str) -> &str {
     }
 }
 
-/// Where a layer's bytes come from.
-enum LayerSource<'a> {
-    /// A temporary file this export wrote.
-    Temp(std::fs::File),
-    /// A verified blob of the content store, copied (and checked again) as is.
-    Blob(&'a BaseLayer),
-}
-
-struct LayerOut<'a> {
-    media_type: String,
+/// The diff layer of a layered export, in a temporary file.
+struct NewLayer {
+    file: std::fs::File,
+    diff_id: String,
     digest: String,
     size: u64,
-    source: LayerSource<'a>,
+}
+
+fn descriptor(media_type: &str, digest: &str, size: u64) -> Value {
+    json!({ "mediaType": media_type, "digest": digest, "size": size })
+}
+
+/// Appends a layer this export wrote to a temporary file.
+fn append_temp<W: Write>(
+    out: &mut tar::Builder<W>,
+    file: &mut std::fs::File,
+    digest: &str,
+    size: u64,
+) -> io::Result<()> {
+    file.seek(SeekFrom::Start(0))?;
+    out.append_data(&mut file_header(size), blob_path(digest), file)
+}
+
+/// Copies the base image's layer blobs into the archive (a blob listed twice, such as
+/// an empty layer, once).
+fn copy_base_blobs<W: Write>(
+    out: &mut tar::Builder<W>,
+    base: &BaseImage,
+    dest: &Path,
+) -> Result<(), ExportError> {
+    let mut seen = std::collections::HashSet::new();
+    for l in &base.layers {
+        if seen.insert(l.digest.as_str()) {
+            append_blob(out, &mut file_header(l.size), l, &base.reference, dest)?;
+        }
+    }
+    Ok(())
 }
 
 /// Why a base image cannot be exported as layers (then it is squashed), if it cannot.
@@ -274,32 +298,53 @@ pub fn export_oci(
         },
         _ => None,
     };
-    let mut layers: Vec<LayerOut<'_>> = Vec::new();
+    let (tmp, finish) = atomic_file(dest)?;
+    let mut out = tar::Builder::new(BufWriter::with_capacity(256 * 1024, tmp));
+    let werr = |e: io::Error| ExportError::io("write", dest, e);
+    add_dir(&mut out, "blobs/").map_err(werr)?;
+    add_dir(&mut out, "blobs/sha256/").map_err(werr)?;
+    add_bytes(&mut out, "oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#).map_err(werr)?;
+
+    // The layers go into the archive first; the config, manifest and index (which name
+    // them) after.
+    let mut layers: Vec<Value> = Vec::new();
     let config = match layered {
         Some((b, cfg)) => {
             let rootfs = b.rootfs.as_deref().expect("checked by squash_reason");
-            let set = diff::changes(rootfs, tree, opts.cancel)?;
+            // The diff layer is computed (walk, compare, tar, gzip) while the base
+            // blobs are copied into the archive.
+            let new = std::thread::scope(|s| {
+                let diff = s.spawn(|| -> Result<Option<NewLayer>, ExportError> {
+                    let set = diff::changes(rootfs, tree, opts.cancel)?;
+                    if set.is_empty() {
+                        return Ok(None);
+                    }
+                    let mut file = temp_layer(dest)?;
+                    let (diff_id, digest, size) =
+                        gzip_layer(&mut file, dest, |w| diff::write_layer(tree, &set, w))?;
+                    Ok(Some(NewLayer {
+                        file,
+                        diff_id,
+                        digest,
+                        size,
+                    }))
+                });
+                let copied = copy_base_blobs(&mut out, b, dest);
+                let new = diff.join().map_err(|_| {
+                    ExportError::io("diff", tree, io::Error::other("the diff thread panicked"))
+                })?;
+                copied.and(new)
+            })?;
             for l in &b.layers {
-                layers.push(LayerOut {
-                    media_type: oci_layer_type(&l.media_type).to_string(),
-                    digest: l.digest.clone(),
-                    size: l.size,
-                    source: LayerSource::Blob(l),
-                });
+                layers.push(descriptor(oci_layer_type(&l.media_type), &l.digest, l.size));
             }
-            let new_diff_id = if set.is_empty() {
-                None
-            } else {
-                let mut file = temp_layer(dest)?;
-                let (diff_id, digest, size) =
-                    gzip_layer(&mut file, dest, |w| diff::write_layer(tree, &set, w))?;
-                layers.push(LayerOut {
-                    media_type: MT_LAYER.to_string(),
-                    digest,
-                    size,
-                    source: LayerSource::Temp(file),
-                });
-                Some(diff_id)
+            let new_diff_id = match new {
+                Some(mut n) => {
+                    append_temp(&mut out, &mut n.file, &n.digest, n.size).map_err(werr)?;
+                    layers.push(descriptor(MT_LAYER, &n.digest, n.size));
+                    Some(n.diff_id)
+                }
+                None => None,
             };
             layered_config(&platform, cfg, b.layers.len(), new_diff_id.as_deref())?
         }
@@ -307,12 +352,8 @@ pub fn export_oci(
             // The layer, streamed once: tree -> tar -> (diff_id) -> gzip -> (digest) -> file.
             let mut file = temp_layer(dest)?;
             let (diff_id, digest, size) = gzip_layer(&mut file, dest, |w| write_tree_tar(tree, w))?;
-            layers.push(LayerOut {
-                media_type: MT_LAYER.to_string(),
-                digest,
-                size,
-                source: LayerSource::Temp(file),
-            });
+            append_temp(&mut out, &mut file, &digest, size).map_err(werr)?;
+            layers.push(descriptor(MT_LAYER, &digest, size));
             squashed_config(&platform, base.as_ref(), &diff_id)
         }
     };
@@ -322,10 +363,8 @@ pub fn export_oci(
     let manifest = serde_json::to_vec(&json!({
         "schemaVersion": 2,
         "mediaType": MT_MANIFEST,
-        "config": { "mediaType": MT_CONFIG, "digest": config_digest, "size": config.len() },
-        "layers": layers.iter().map(|l| json!({
-            "mediaType": l.media_type, "digest": l.digest, "size": l.size,
-        })).collect::<Vec<_>>(),
+        "config": descriptor(MT_CONFIG, &config_digest, config.len() as u64),
+        "layers": layers,
     }))
     .expect("manifest serialises");
     let manifest_digest = sha256(&manifest);
@@ -353,33 +392,9 @@ pub fn export_oci(
         "manifests": [desc],
     }))
     .expect("index serialises");
-
-    let (tmp, finish) = atomic_file(dest)?;
-    let mut out = tar::Builder::new(BufWriter::with_capacity(256 * 1024, tmp));
-    let werr = |e: io::Error| ExportError::io("write", dest, e);
-    add_dir(&mut out, "blobs/").map_err(werr)?;
-    add_dir(&mut out, "blobs/sha256/").map_err(werr)?;
-    add_bytes(&mut out, "oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#).map_err(werr)?;
-    add_bytes(&mut out, "index.json", &index).map_err(werr)?;
-    add_bytes(&mut out, &blob_path(&manifest_digest), &manifest).map_err(werr)?;
     add_bytes(&mut out, &blob_path(&config_digest), &config).map_err(werr)?;
-    let reference = opts.base.map(|b| b.reference.as_str()).unwrap_or_default();
-    let mut seen = std::collections::HashSet::new();
-    for l in &mut layers {
-        // An image may list one blob twice (e.g. two empty layers): stored once.
-        if !seen.insert(l.digest.clone()) {
-            continue;
-        }
-        let mut h = file_header(l.size);
-        match &mut l.source {
-            LayerSource::Temp(file) => {
-                file.seek(SeekFrom::Start(0)).map_err(werr)?;
-                out.append_data(&mut h, blob_path(&l.digest), file)
-                    .map_err(werr)?;
-            }
-            LayerSource::Blob(b) => append_blob(&mut out, &mut h, b, reference, dest)?,
-        }
-    }
+    add_bytes(&mut out, &blob_path(&manifest_digest), &manifest).map_err(werr)?;
+    add_bytes(&mut out, "index.json", &index).map_err(werr)?;
     let buf = out.into_inner().map_err(werr)?;
     let tmp = buf.into_inner().map_err(|e| werr(e.into_error()))?;
     finish(tmp)?;
