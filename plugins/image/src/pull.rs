@@ -273,7 +273,7 @@ pub fn resolve_from(
     let mut diff_ids = diff_ids;
     if let Some(l) = limit {
         if l as usize > layers.len() {
-            return Err(PluginError::invalid_identifier(format!(
+            return Err(PluginError::internal(format!(
                 "{name}: invalid layer limit {l}: the image has only {} layers",
                 layers.len()
             )));
