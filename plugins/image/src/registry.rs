@@ -13,7 +13,9 @@ use std::time::Duration;
 use base64::Engine as _;
 use kiln_plugin_api::{ErrorCode, PluginError, Result};
 
-use crate::config::{is_loopback, ImageConfig};
+use kiln_source_net::proxy::{Agents, ProxyEnv};
+
+use crate::config::ImageConfig;
 use crate::credentials::{self, Credential};
 use crate::manifest::{MANIFEST_ACCEPT, MAX_MANIFEST_BYTES};
 
@@ -53,7 +55,7 @@ pub struct ManifestResponse {
 /// A registry client for one pull (tokens and credentials are cached for its life).
 pub struct Client {
     cfg: Arc<ImageConfig>,
-    agents: Mutex<HashMap<String, ureq::Agent>>,
+    agents: Mutex<HashMap<String, Arc<Agents>>>,
     /// `Authorization` values by host (the last one that worked).
     auth: Mutex<HashMap<String, String>>,
     creds: Mutex<HashMap<String, Option<Credential>>>,
@@ -108,27 +110,40 @@ impl Client {
         out
     }
 
-    fn agent(&self, host: &str) -> Result<ureq::Agent> {
+    /// The agent for `url` (a URL on `host`): TLS as configured for the host, and the
+    /// proxy the environment names for the URL (none for loopback or `NO_PROXY`).
+    fn agent(&self, host: &str, url: &str) -> Result<ureq::Agent> {
+        let parsed = url::Url::parse(url)
+            .map_err(|e| PluginError::internal(format!("invalid URL {url}: {e}")))?;
         let mut agents = self.agents.lock().expect("agents lock");
         if let Some(a) = agents.get(host) {
-            return Ok(a.clone());
+            return Ok(a.for_url(&parsed).clone());
         }
         let rc = self.cfg.registry(host);
-        let mut b = ureq::AgentBuilder::new()
-            .timeout_connect(Duration::from_secs(self.cfg.connect_timeout_secs))
-            .timeout_read(Duration::from_secs(self.cfg.read_timeout_secs))
-            .redirect_auth_headers(ureq::RedirectAuthHeaders::SameHost)
-            .max_idle_connections_per_host(16)
-            .user_agent(concat!("kiln/", env!("CARGO_PKG_VERSION")))
-            .try_proxy_from_env(!is_loopback(host));
-        if !self.cfg.plain_http(host) {
-            let tls = crate::tls::client_config(&rc.ca, rc.insecure)
-                .map_err(|e| PluginError::invalid_config(format!("registry {host}: {e}")))?;
-            b = b.tls_config(tls);
-        }
-        let a = b.build();
+        let tls = if self.cfg.plain_http(host) {
+            None
+        } else {
+            Some(
+                crate::tls::client_config(&rc.ca, rc.insecure)
+                    .map_err(|e| PluginError::invalid_config(format!("registry {host}: {e}")))?,
+            )
+        };
+        let builder = || {
+            let b = ureq::AgentBuilder::new()
+                .timeout_connect(Duration::from_secs(self.cfg.connect_timeout_secs))
+                .timeout_read(Duration::from_secs(self.cfg.read_timeout_secs))
+                .redirect_auth_headers(ureq::RedirectAuthHeaders::SameHost)
+                .max_idle_connections_per_host(16)
+                .user_agent(concat!("kiln/", env!("CARGO_PKG_VERSION")))
+                .try_proxy_from_env(false);
+            match &tls {
+                Some(t) => b.tls_config(t.clone()),
+                None => b,
+            }
+        };
+        let a = Arc::new(Agents::from_env(builder, ProxyEnv::from_env()));
         agents.insert(host.to_string(), a.clone());
-        Ok(a)
+        Ok(a.for_url(&parsed).clone())
     }
 
     fn credential(&self, host: &str) -> Result<Option<Credential>> {
@@ -156,7 +171,7 @@ impl Client {
         url: &str,
         headers: &[(&str, String)],
     ) -> std::result::Result<ureq::Response, Fail> {
-        let agent = self.agent(&ep.host).map_err(Fail::Other)?;
+        let agent = self.agent(&ep.host, url).map_err(Fail::Other)?;
         let mut attempt = 0u32;
         let mut authed_retry = false;
         loop {
@@ -271,7 +286,7 @@ impl Client {
         })?;
         let realm_host = url.host_str().unwrap_or("").to_string()
             + &url.port().map(|p| format!(":{p}")).unwrap_or_default();
-        let agent = self.agent(&realm_host)?;
+        let agent = self.agent(&realm_host, realm)?;
         let resp = match cred {
             Some(Credential::IdentityToken(t)) => {
                 let mut form = vec![
