@@ -971,3 +971,30 @@ fn oci_layout_by_tag_and_digest() {
         r.stderr
     );
 }
+
+#[test]
+fn a_configured_mirror_serves_the_pull_when_the_registry_is_down() {
+    let mirror = Registry::start();
+    let img = two_layer("linux/amd64", "mirrored");
+    mirror.push_image("test/m", "1", &img);
+    // The registry named in the reference: nothing listens there.
+    let origin = format!("127.0.0.1:{}", kiln_tests::registry::free_port());
+    let env = Env::new();
+    let config = registry_config(&env, &origin, &format!("mirrors = [{:?}]", mirror.host));
+    let id = format!("docker-image://{origin}/test/m:1");
+    let r = fetch(
+        &env,
+        &id,
+        "out",
+        &["--platform", "linux/amd64", "--config", &config],
+    );
+    r.success();
+    assert_eq!(r.json()["pin"], img.manifest_digest.as_str());
+    assert_eq!(read(&env.path("out/app/hello")), "hello mirrored\n");
+    assert_eq!(mirror.blob_requests(&img.layers[0].digest).len(), 1);
+    // Without the mirror the same pull fails, naming the registry.
+    let env2 = Env::new();
+    let r = fetch(&env2, &id, "out", &["--platform", "linux/amd64"]);
+    r.expect_code(1);
+    assert!(r.stderr.contains(&origin), "{}", r.stderr);
+}
