@@ -423,7 +423,7 @@ impl Puller<'_> {
             done: offset,
             reported: offset,
         };
-        let r = io::copy(&mut tee, &mut io::sink());
+        let r = drain(&mut tee);
         self.job
             .progress_finish(&task, tee.done, r.as_ref().err().map(|_| "failed"));
         self.job.check_cancelled()?;
@@ -503,7 +503,7 @@ impl Puller<'_> {
         let applied = apply_layer(dest, &mut tee, comp, opts);
         if applied.is_err() {
             // Read the rest so that a corrupt download is told apart from a hostile layer.
-            let _ = io::copy(&mut tee, &mut io::sink());
+            let _ = drain(&mut tee);
         }
         let done = tee.done;
         self.job.check_cancelled()?;
@@ -601,6 +601,20 @@ impl Puller<'_> {
             stop.store(true, Ordering::Relaxed);
             result
         })
+    }
+}
+
+/// Reads `r` to its end in 1 MiB steps (each step is one write into the store).
+fn drain(r: &mut impl Read) -> io::Result<u64> {
+    let mut buf = vec![0u8; 1 << 20];
+    let mut total = 0;
+    loop {
+        match r.read(&mut buf) {
+            Ok(0) => return Ok(total),
+            Ok(n) => total += n as u64,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
     }
 }
 
