@@ -64,6 +64,8 @@ pub enum StepEvent {
         /// Units in all (0: unknown).
         total: u64,
     },
+    /// A line of a run step's output.
+    Log(String),
     /// The step finished.
     Done,
     /// The step failed.
@@ -76,6 +78,7 @@ impl StepEvent {
             StepEvent::Start => "start",
             StepEvent::Cached => "cached",
             StepEvent::Progress { .. } => "progress",
+            StepEvent::Log(_) => "log",
             StepEvent::Done => "done",
             StepEvent::Error(_) => "error",
         }
@@ -156,7 +159,7 @@ impl Progress {
             StepEvent::Done | StepEvent::Error(_) | StepEvent::Cached => {
                 st.started.remove(step).map(|t| t.elapsed())
             }
-            StepEvent::Progress { .. } => None,
+            StepEvent::Progress { .. } | StepEvent::Log(_) => None,
         };
         match &mut st.out {
             Out::Quiet => {}
@@ -176,7 +179,7 @@ impl Progress {
                         obj["current"] = (*current).into();
                         obj["total"] = (*total).into();
                     }
-                    StepEvent::Error(m) => obj["message"] = m.as_str().into(),
+                    StepEvent::Error(m) | StepEvent::Log(m) => obj["message"] = m.as_str().into(),
                     _ => {}
                 }
                 let _ = writeln!(w, "{obj}");
@@ -188,6 +191,7 @@ impl Progress {
                     StepEvent::Cached => format!("=> {step} CACHED"),
                     StepEvent::Done => format!("=> {step} DONE {}", secs(elapsed)),
                     StepEvent::Error(m) => format!("=> {step} ERROR {}: {m}", secs(elapsed)),
+                    StepEvent::Log(m) => format!("   {step} | {m}"),
                     StepEvent::Progress {
                         task,
                         current,
@@ -226,6 +230,8 @@ impl Progress {
                     StepEvent::Cached => bar.finish_with_message("CACHED"),
                     StepEvent::Done => bar.finish_with_message(format!("DONE {}", secs(elapsed))),
                     StepEvent::Error(m) => bar.abandon_with_message(format!("ERROR: {m}")),
+                    // The running step shows its latest output line.
+                    StepEvent::Log(m) => bar.set_message(format!("| {m}")),
                     StepEvent::Progress {
                         task,
                         current,
