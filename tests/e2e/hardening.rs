@@ -1,0 +1,232 @@
+//! Hardening (issue 9): hostile inputs, full disks, signals and special files, each
+//! driven through the real `kiln` binary.
+
+use std::ffi::CString;
+use std::io::Read;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileTypeExt;
+use std::path::{Path, PathBuf};
+
+use kiln_tests::{Env, Run};
+
+/// A definition whose output is a small tree made by file actions alone.
+fn small_def(env: &Env) -> PathBuf {
+    env.write(
+        "proj/kiln.build.toml",
+        r#"
+version = 1
+[steps.etc]
+base = "scratch"
+actions = [
+  { mkdir = { path = "/kiln-harden-probe" } },
+  { mkfile = { path = "/kiln-harden-probe/motd", data = "hello from kiln\n" } },
+]
+[output]
+step = "etc"
+"#,
+    )
+}
+
+fn build(env: &Env, def: &Path, extra: &[&str]) -> Run {
+    let mut args: Vec<String> = vec![
+        "--progress".into(),
+        "plain".into(),
+        "build".into(),
+        def.display().to_string(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    env.kiln(&args)
+}
+
+fn cpath(p: &Path) -> CString {
+    CString::new(p.as_os_str().as_bytes()).expect("no NUL in path")
+}
+
+/// A character device node like `/dev/null` (1,3) or `/dev/full` (1,7), made by the test
+/// in its own folder so a broken exporter can only damage the test's copy.
+fn char_device(path: &Path, major: u32, minor: u32) {
+    let rc = unsafe {
+        libc::mknod(
+            cpath(path).as_ptr(),
+            libc::S_IFCHR | 0o666,
+            libc::makedev(major, minor),
+        )
+    };
+    assert_eq!(
+        rc,
+        0,
+        "mknod {}: {} (this test runs as root, with CAP_MKNOD, like the suite)",
+        path.display(),
+        std::io::Error::last_os_error()
+    );
+}
+
+fn fifo(path: &Path) {
+    let rc = unsafe { libc::mkfifo(cpath(path).as_ptr(), 0o600) };
+    assert_eq!(rc, 0, "mkfifo: {}", std::io::Error::last_os_error());
+}
+
+/// Reads a FIFO to its end on a thread (the writer blocks until a reader opens it).
+fn drain(path: &Path) -> std::thread::JoinHandle<Vec<u8>> {
+    let path = path.to_path_buf();
+    std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        std::fs::File::open(&path)
+            .expect("open fifo")
+            .read_to_end(&mut buf)
+            .expect("read fifo");
+        buf
+    })
+}
+
+fn is_char_device(p: &Path) -> bool {
+    std::fs::symlink_metadata(p)
+        .map(|m| m.file_type().is_char_device())
+        .unwrap_or(false)
+}
+
+// ---------------------------------------------------------------------------------------
+// 1. File outputs never destroy what they are pointed at.
+
+#[test]
+fn tar_and_metadata_to_a_null_device_keep_the_device() {
+    let env = Env::new();
+    let def = small_def(&env);
+    let null = env.path("null");
+    char_device(&null, 1, 3);
+    let spec = format!("type=tar,dest={}", null.display());
+    let oci = format!("type=oci,dest={}", null.display());
+    let meta = null.display().to_string();
+    build(
+        &env,
+        &def,
+        &[
+            "--output",
+            &spec,
+            "--output",
+            &oci,
+            "--metadata-file",
+            &meta,
+        ],
+    )
+    .success();
+    assert!(is_char_device(&null), "the device node was replaced");
+}
+
+#[test]
+fn tar_to_a_fifo_streams_the_archive() {
+    let env = Env::new();
+    let def = small_def(&env);
+    let pipe = env.path("out.fifo");
+    fifo(&pipe);
+    let reader = drain(&pipe);
+    let spec = format!("type=tar,dest={}", pipe.display());
+    build(&env, &def, &["--output", &spec]).success();
+    let bytes = reader.join().expect("reader");
+    assert!(
+        std::fs::symlink_metadata(&pipe)
+            .unwrap()
+            .file_type()
+            .is_fifo(),
+        "the FIFO was replaced"
+    );
+    let mut ar = tar::Archive::new(&bytes[..]);
+    let names: Vec<String> = ar
+        .entries()
+        .expect("a tar")
+        .map(|e| e.unwrap().path().unwrap().display().to_string())
+        .collect();
+    assert!(
+        names.iter().any(|n| n == "kiln-harden-probe/motd"),
+        "{names:?}"
+    );
+
+    // The metadata file goes through the same writer.
+    let reader = drain(&pipe);
+    build(
+        &env,
+        &def,
+        &["--metadata-file", &pipe.display().to_string()],
+    )
+    .success();
+    let meta: serde_json::Value =
+        serde_json::from_slice(&reader.join().unwrap()).expect("metadata JSON");
+    assert_eq!(meta["output"]["step"], "etc");
+}
+
+#[test]
+fn a_full_device_fails_the_build() {
+    let env = Env::new();
+    let def = small_def(&env);
+    let full = env.path("full");
+    char_device(&full, 1, 7);
+    for spec in [
+        format!("type=tar,dest={}", full.display()),
+        format!("type=oci,dest={}", full.display()),
+    ] {
+        let run = build(&env, &def, &["--output", &spec]);
+        run.expect_code(1);
+        assert!(
+            run.stderr.contains("No space left on device") && run.stderr.contains("full"),
+            "{spec}: {}",
+            run.stderr
+        );
+        assert!(is_char_device(&full));
+    }
+    let run = build(
+        &env,
+        &def,
+        &["--metadata-file", &full.display().to_string()],
+    );
+    run.expect_code(1);
+    assert!(
+        run.stderr.contains("No space left on device"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn a_regular_file_is_still_replaced_and_a_link_keeps_pointing_at_it() {
+    let env = Env::new();
+    let def = small_def(&env);
+    let real = env.write("out/real.tar", "old");
+    let link = env.path("out/link.tar");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    let spec = format!("type=tar,dest={}", link.display());
+    build(&env, &def, &["--output", &spec]).success();
+    assert!(std::fs::symlink_metadata(&link)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert!(std::fs::metadata(&real).unwrap().len() > 512);
+}
+
+#[test]
+fn local_output_into_root_or_store_is_refused() {
+    let env = Env::new();
+    let def = small_def(&env);
+    let root = env.root();
+    let inside = root.join("snapshots/x");
+    for dest in [
+        PathBuf::from("/"),
+        PathBuf::from("/tmp/.."),
+        root.clone(),
+        inside.clone(),
+        env.dir.path().to_path_buf(),
+    ] {
+        let spec = format!("type=local,dest={}", dest.display());
+        let run = build(&env, &def, &["--output", &spec]);
+        run.expect_code(1);
+        assert!(run.stderr.contains("refused"), "{spec}: {}", run.stderr);
+    }
+    assert!(!inside.exists());
+    assert!(!Path::new("/kiln-harden-probe").exists());
+    let ok = env.path("exported");
+    let spec = format!("type=local,dest={}", ok.display());
+    build(&env, &def, &["--output", &spec]).success();
+    assert_eq!(
+        std::fs::read_to_string(ok.join("kiln-harden-probe/motd")).unwrap(),
+        "hello from kiln\n"
+    );
+}
