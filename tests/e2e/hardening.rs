@@ -230,3 +230,85 @@ fn local_output_into_root_or_store_is_refused() {
         "hello from kiln\n"
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// 2. A cut plugin file is refused with one line, never a SIGBUS.
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    let out = std::process::Command::new("sha256sum")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().unwrap().write_all(bytes)?;
+            c.wait_with_output()
+        })
+        .expect("sha256sum (coreutils)");
+    String::from_utf8_lossy(&out.stdout)[..64].to_string()
+}
+
+#[test]
+fn cut_plugin_files_are_refused_by_name_at_every_length() {
+    let env = Env::new();
+    let whole = std::fs::read(kiln_tests::plugin_file("kiln_source_local")).unwrap();
+    let http = kiln_tests::plugin_file("kiln_source_http");
+    let n = whole.len();
+    for cut in [16, 64, 100, 1000, 4096, 65536, n / 2, n - 4096, n - 1] {
+        let lib = env.write(&format!("libcut{cut}.so"), &whole[..cut]);
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&lib, std::fs::Permissions::from_mode(0o644)).unwrap();
+        for pin in [None, Some(sha256_hex(&whole[..cut]))] {
+            let pin_line = pin
+                .map(|p| format!("sha256 = \"{p}\"\n"))
+                .unwrap_or_default();
+            let config = env.write(
+                "kiln.toml",
+                format!(
+                    "version = 1\n[plugins.\"io.kiln.source.v1.local\"]\npath = {:?}\n{pin_line}\
+                     [plugins.\"io.kiln.source.v1.http\"]\npath = {:?}\n",
+                    lib.display().to_string(),
+                    http.display().to_string()
+                ),
+            );
+            let config = config.display().to_string();
+            for args in [
+                vec!["--config", &config, "plugins", "list"],
+                vec!["--config", &config, "config", "check"],
+                vec!["--config", &config, "plugins", "list", "--json"],
+            ] {
+                let run = env.kiln(&args);
+                assert!(
+                    run.code == 0 || run.code == 2,
+                    "cut at {cut}: {args:?} died (code {}): {}",
+                    run.code,
+                    run.stderr
+                );
+                let all = format!("{}{}", run.stdout, run.stderr);
+                assert!(
+                    all.contains(&format!("libcut{cut}.so")),
+                    "cut at {cut}: the file is not named: {all}"
+                );
+                assert!(!all.contains("Bus error"), "{all}");
+            }
+            let run = env.kiln(["--config", &config, "plugins", "list", "--json"]);
+            let list = run.json();
+            let local = list
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|p| p["id"] == "io.kiln.source.v1.local")
+                .unwrap()
+                .clone();
+            assert_eq!(local["status"], "failed", "cut at {cut}: {local}");
+            let http = list
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|p| p["id"] == "io.kiln.source.v1.http")
+                .unwrap()
+                .clone();
+            assert_eq!(http["status"], "loaded", "{http}");
+        }
+    }
+}
