@@ -16,4 +16,5 @@ pub mod source_manager;
 pub mod store;
 #[cfg(test)]
 mod testutil;
+pub mod text;
 pub mod worker;

@@ -147,6 +147,23 @@ impl Progress {
 
     /// Reports `event` for `step` (a step name or a source identifier).
     pub fn step(&self, step: &str, event: StepEvent) {
+        // Step names, identifiers, task names and messages come from input and from
+        // the network: every mode shows them shortened, and the text modes escaped
+        // (JSON escapes control characters itself).
+        let shown_step = crate::text::one_line(step);
+        let event = match event {
+            StepEvent::Progress {
+                task,
+                current,
+                total,
+            } => StepEvent::Progress {
+                task: crate::text::shorten_words(&task).into_owned(),
+                current,
+                total,
+            },
+            StepEvent::Error(m) => StepEvent::Error(crate::text::shorten_words(&m).into_owned()),
+            e => e,
+        };
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let elapsed = match &event {
             StepEvent::Start => {
@@ -183,11 +200,16 @@ impl Progress {
                 let _ = w.flush();
             }
             Out::Lines { json: false, w } => {
+                let step = &shown_step;
                 let line = match &event {
                     StepEvent::Start => format!("=> {step}"),
                     StepEvent::Cached => format!("=> {step} CACHED"),
                     StepEvent::Done => format!("=> {step} DONE {}", secs(elapsed)),
-                    StepEvent::Error(m) => format!("=> {step} ERROR {}: {m}", secs(elapsed)),
+                    StepEvent::Error(m) => format!(
+                        "=> {step} ERROR {}: {}",
+                        secs(elapsed),
+                        crate::text::escape(m)
+                    ),
                     StepEvent::Progress {
                         task,
                         current,
@@ -198,9 +220,9 @@ impl Progress {
                             return;
                         }
                         if *total > 0 {
-                            format!("   {step}: {task} {current}/{total}")
+                            format!("   {step}: {} {current}/{total}", crate::text::escape(task))
                         } else {
-                            format!("   {step}: {task}")
+                            format!("   {step}: {}", crate::text::escape(task))
                         }
                     }
                 };
@@ -216,7 +238,7 @@ impl Progress {
                             ProgressStyle::with_template("{spinner} {prefix:.bold} {wide_msg}")
                                 .unwrap_or_else(|_| ProgressStyle::default_spinner()),
                         );
-                        b.set_prefix(step.to_string());
+                        b.set_prefix(shown_step.clone());
                         b.enable_steady_tick(Duration::from_millis(120));
                         b
                     })
@@ -225,15 +247,22 @@ impl Progress {
                     StepEvent::Start => bar.set_message("running"),
                     StepEvent::Cached => bar.finish_with_message("CACHED"),
                     StepEvent::Done => bar.finish_with_message(format!("DONE {}", secs(elapsed))),
-                    StepEvent::Error(m) => bar.abandon_with_message(format!("ERROR: {m}")),
+                    StepEvent::Error(m) => {
+                        bar.abandon_with_message(format!("ERROR: {}", crate::text::escape(m)))
+                    }
                     StepEvent::Progress {
                         task,
                         current,
                         total,
                     } => bar.set_message(if *total > 0 {
-                        format!("{task} {}/{}", human(*current), human(*total))
+                        format!(
+                            "{} {}/{}",
+                            crate::text::escape(task),
+                            human(*current),
+                            human(*total)
+                        )
                     } else {
-                        format!("{task} {}", human(*current))
+                        format!("{} {}", crate::text::escape(task), human(*current))
                     }),
                 }
             }

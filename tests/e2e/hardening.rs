@@ -312,3 +312,248 @@ fn cut_plugin_files_are_refused_by_name_at_every_length() {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Hostile servers of the tests: raw TCP on loopback, so each can break HTTP its own way.
+
+/// Starts a server on a free loopback port that reads each request's head and hands
+/// the connection and the request line to `answer`; returns `http://127.0.0.1:PORT`.
+fn raw_server<F>(answer: F) -> String
+where
+    F: Fn(std::net::TcpStream, String) + Send + Sync + 'static,
+{
+    use std::io::BufRead;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+    let addr = listener.local_addr().unwrap();
+    let answer = std::sync::Arc::new(answer);
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(conn) = conn else { continue };
+            let answer = answer.clone();
+            std::thread::spawn(move || {
+                let mut reader = std::io::BufReader::new(conn.try_clone().unwrap());
+                let mut first = String::new();
+                if reader.read_line(&mut first).is_err() {
+                    return;
+                }
+                loop {
+                    let mut line = String::new();
+                    match reader.read_line(&mut line) {
+                        Ok(0) | Err(_) => return,
+                        Ok(_) if line == "\r\n" || line == "\n" => break,
+                        Ok(_) => {}
+                    }
+                }
+                answer(conn, first);
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+fn send(mut conn: &std::net::TcpStream, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    conn.write_all(bytes)?;
+    conn.flush()
+}
+
+/// Runs `kiln ARGS` with stderr on a pseudo-terminal (so `--progress tty` draws) and
+/// returns what the terminal received.
+fn kiln_on_pty(env: &Env, args: &[&str]) -> (i32, Vec<u8>) {
+    use std::os::fd::FromRawFd;
+    let (mut master, mut slave) = (0, 0);
+    let rc = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
+    let mut master = unsafe { std::fs::File::from_raw_fd(master) };
+    let slave = unsafe { std::os::fd::OwnedFd::from_raw_fd(slave) };
+    let mut child = {
+        let mut c = env.command();
+        c.args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::from(slave));
+        c.spawn().expect("spawn kiln")
+    };
+    let reader = std::thread::spawn(move || {
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4096];
+        // EIO once the last writer (kiln) closed the terminal.
+        while let Ok(n) = master.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&buf[..n]);
+        }
+        out
+    });
+    let status = child.wait().expect("wait");
+    (status.code().unwrap_or(-1), reader.join().unwrap())
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+// ---------------------------------------------------------------------------------------
+// 5. Reads have bounds.
+
+#[test]
+fn endless_definition_and_config_are_refused() {
+    let env = Env::new();
+    let run = env.kiln(["build", "/dev/zero"]);
+    run.expect_code(2);
+    assert!(
+        run.stderr.contains("/dev/zero") && run.stderr.contains("larger than 8 MiB"),
+        "{}",
+        run.stderr
+    );
+    let run = env.kiln(["--config", "/dev/zero", "plugins", "list"]);
+    run.expect_code(2);
+    assert!(
+        run.stderr.contains("/dev/zero") && run.stderr.contains("larger than 4 MiB"),
+        "{}",
+        run.stderr
+    );
+    // An inline mkfile over its cap is refused with the step and action named.
+    let big = "x".repeat(2 << 20);
+    let def = env.write(
+        "big/kiln.build.toml",
+        format!(
+            "version = 1\n[steps.a]\nbase = \"scratch\"\nactions = [{{ mkfile = {{ path = \"/f\", data = \"{big}\" }} }}]\n[output]\nstep = \"a\"\n"
+        ),
+    );
+    let run = build(&env, &def, &[]);
+    run.expect_code(2);
+    assert!(
+        run.stderr.contains("step `a`") && run.stderr.contains("limit of 1024 KiB"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.len() < 2000, "{}", run.stderr.len());
+}
+
+// ---------------------------------------------------------------------------------------
+// 6. Escape sequences from input or the network never reach the terminal raw.
+
+const EVIL: &str = "\x1b[2J\x1b[31mFAKE";
+
+/// A server whose 404 answers carry an escape sequence in the reason phrase and in
+/// the body.
+fn evil_server() -> String {
+    raw_server(|conn, _| {
+        let body = format!("no such file{EVIL}\n");
+        let _ = send(
+            &conn,
+            format!(
+                "HTTP/1.1 404 Not{EVIL}Found\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        );
+    })
+}
+
+fn assert_escaped(out: &[u8], what: &str) {
+    assert!(
+        !contains(out, b"\x1b[2J") && !contains(out, b"\x1b[31m"),
+        "{what}: a raw escape sequence reached the terminal:\n{}",
+        String::from_utf8_lossy(out)
+    );
+    assert!(
+        contains(out, b"\\e[2J"),
+        "{what}: the escaped form is missing:\n{}",
+        String::from_utf8_lossy(out)
+    );
+}
+
+#[test]
+fn escape_sequences_are_shown_escaped_in_every_mode() {
+    let env = Env::new();
+    let url = format!("{}/ok{EVIL}", evil_server());
+    // `source resolve`: its error and its progress, plain.
+    let run = env.kiln(["--progress", "plain", "source", "resolve", &url]);
+    assert_ne!(run.code, 0);
+    assert_escaped(
+        format!("{}{}", run.stdout, run.stderr).as_bytes(),
+        "resolve",
+    );
+
+    // A build whose source identifier and step come from the definition.
+    let def = env.write(
+        "evil/kiln.build.toml",
+        format!(
+            "version = 1\n[steps.get]\nsource = {:?}\n[output]\nstep = \"get\"\n",
+            url
+        )
+        .replace("\\u{1b}", "\\u001b"),
+    );
+    let def = def.display().to_string();
+    for mode in ["plain", "tty"] {
+        let (code, out) = kiln_on_pty(&env, &["--progress", mode, "build", &def]);
+        assert_eq!(code, 1, "{}", String::from_utf8_lossy(&out));
+        assert_escaped(&out, mode);
+    }
+    // Logs at debug level go through the same escaping.
+    let run = env.kiln(["--log-level", "debug", "--progress", "plain", "build", &def]);
+    assert_escaped(run.stderr.as_bytes(), "debug log");
+}
+
+// ---------------------------------------------------------------------------------------
+// 9. Errors stay short and say what was expected.
+
+#[test]
+fn errors_echo_input_shortened_and_say_what_was_expected() {
+    let env = Env::new();
+    let base = evil_server();
+    let url = format!("{base}/{}", "a".repeat(100_000));
+    let run = env.kiln(["--progress", "plain", "source", "resolve", &url]);
+    assert_ne!(run.code, 0);
+    assert!(
+        run.stderr.len() < 8_000,
+        "{} bytes:\n{}",
+        run.stderr.len(),
+        &run.stderr[..2000]
+    );
+    assert!(run.stderr.contains("bytes)…"), "{}", run.stderr);
+
+    // Deeply nested TOML: line and column, no echo of the line.
+    let nested = format!(
+        "version = 1\nx = {}{}\n",
+        "[".repeat(100_000),
+        "]".repeat(100_000)
+    );
+    let def = env.write("nested/kiln.build.toml", &nested);
+    let run = build(&env, &def, &[]);
+    run.expect_code(2);
+    assert!(run.stderr.len() < 1_000, "{} bytes", run.stderr.len());
+    assert!(run.stderr.contains("line 2"), "{}", run.stderr);
+    let cfg = env.write("nested.toml", &nested);
+    let run = env.kiln(["--config", &cfg.display().to_string(), "plugins", "list"]);
+    run.expect_code(2);
+    assert!(run.stderr.len() < 1_000, "{} bytes", run.stderr.len());
+    assert!(run.stderr.contains("line 2"), "{}", run.stderr);
+
+    // A float mode says what a mode looks like.
+    let def = env.write(
+        "float/kiln.build.toml",
+        "version = 1\n[steps.a]\nbase = \"scratch\"\nactions = [{ mkfile = { path = \"/a\", mode = 1.5 } }]\n[output]\nstep = \"a\"\n",
+    );
+    let run = build(&env, &def, &[]);
+    run.expect_code(2);
+    assert!(
+        run.stderr.contains("step `a`")
+            && run
+                .stderr
+                .contains("expected an octal string like \"0755\"")
+            && !run.stderr.contains("untagged"),
+        "{}",
+        run.stderr
+    );
+}

@@ -211,7 +211,8 @@ pub fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {}", e.message);
+            // Errors echo identifiers, paths and server replies: cut and escaped.
+            eprintln!("error: {}", crate::text::for_terminal(&e.message));
             ExitCode::from(e.code)
         }
     }
