@@ -557,3 +557,54 @@ fn errors_echo_input_shortened_and_say_what_was_expected() {
         run.stderr
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// 7. Files under the root never follow a planted symlink.
+
+#[test]
+fn a_planted_lock_symlink_is_refused_and_pruned() {
+    let env = Env::new();
+    let def = small_def(&env);
+    build(&env, &def, &[]).success();
+    let outside = env.path("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    let locks = env.root().join("locks");
+    let mut planted = 0;
+    for e in std::fs::read_dir(&locks).unwrap() {
+        let e = e.unwrap();
+        let name = e.file_name();
+        if name.to_string_lossy().starts_with("key-") {
+            std::fs::remove_file(e.path()).unwrap();
+            std::os::unix::fs::symlink(outside.join(&name), e.path()).unwrap();
+            planted += 1;
+        }
+    }
+    assert!(planted > 0, "the build left no key lock to plant a link at");
+    let run = build(&env, &def, &["--no-cache"]);
+    run.expect_code(1);
+    assert!(
+        run.stderr.contains("symlink under the kiln root"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(
+        std::fs::read_dir(&outside).unwrap().count(),
+        0,
+        "kiln created a file through the link"
+    );
+
+    // The whole locks folder as a link: refused as well.
+    env.kiln(["cache", "prune"]).success();
+    assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
+    build(&env, &def, &["--no-cache"]).success();
+    std::fs::rename(&locks, env.path("old-locks")).unwrap();
+    std::os::unix::fs::symlink(&outside, &locks).unwrap();
+    let run = build(&env, &def, &["--no-cache"]);
+    assert_ne!(run.code, 0, "{}", run.stderr);
+    assert!(run.stderr.contains("symlink"), "{}", run.stderr);
+    assert_eq!(
+        std::fs::read_dir(&outside).unwrap().count(),
+        0,
+        "kiln created a file through the link"
+    );
+}

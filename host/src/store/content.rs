@@ -9,10 +9,10 @@
 //! renames the data into `content/blobs/sha256/<hex>`; on a mismatch nothing is stored and
 //! the ingest is removed.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
@@ -110,18 +110,18 @@ impl Store {
             .root
             .join("locks")
             .join(format!("ingest-{ref_hash}"));
-        let lock = FileLock::acquire_with(&lock_path, wait)?.expect("waiting lock returns a lock");
+        let lock = FileLock::acquire_with(&self.inner.root, &lock_path, wait)?
+            .expect("waiting lock returns a lock");
         let dir = self.inner.root.join("content/ingest").join(&ref_hash);
         fs::create_dir_all(&dir).ctx("create ingest directory", &dir)?;
         let data_path = dir.join("data");
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o644)
-            .open(&data_path)
-            .ctx("open ingest data", &data_path)?;
+        let mut file = super::beneath::open(
+            &self.inner.root,
+            &data_path,
+            libc::O_RDWR | libc::O_CREAT,
+            0o644,
+        )
+        .ctx("open ingest data", &data_path)?;
         let (hasher, offset) = hash_prefix(&mut file).ctx("read ingest data", &data_path)?;
         // Drop anything past what was read (a concurrent truncation cannot happen: we
         // hold the lock), and continue writing at the end.
@@ -222,7 +222,9 @@ impl Ingest {
     /// The validator stored with the partial data (e.g. the ETag it came from), if any.
     pub fn validator(&self) -> Result<Option<String>, StoreError> {
         let p = self.dir.join("validator");
-        match fs::read_to_string(&p) {
+        let read = super::beneath::open(&self.store.inner.root, &p, libc::O_RDONLY, 0)
+            .and_then(io::read_to_string);
+        match read {
             Ok(s) => Ok(Some(s)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(StoreError::io("read ingest validator", &p, e)),
@@ -233,7 +235,14 @@ impl Ingest {
     pub fn set_validator(&mut self, validator: &str) -> Result<(), StoreError> {
         let p = self.dir.join("validator");
         let tmp = self.dir.join("validator.tmp");
-        fs::write(&tmp, validator).ctx("write ingest validator", &tmp)?;
+        super::beneath::open(
+            &self.store.inner.root,
+            &tmp,
+            libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC,
+            0o644,
+        )
+        .and_then(|mut f| f.write_all(validator.as_bytes()))
+        .ctx("write ingest validator", &tmp)?;
         fs::rename(&tmp, &p).ctx("write ingest validator", &p)?;
         Ok(())
     }

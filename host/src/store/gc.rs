@@ -207,6 +207,7 @@ impl fmt::Display for PruneReport {
 
 /// Whether owners are alive, probed once per owner.
 struct Owners<'a> {
+    root: &'a Path,
     dir: PathBuf,
     me: &'a str,
     known: HashMap<String, bool>,
@@ -217,6 +218,7 @@ struct Owners<'a> {
 impl<'a> Owners<'a> {
     fn new(store: &'a Store, reap: bool) -> Self {
         Owners {
+            root: &store.inner.root,
             dir: store.inner.root.join("locks/owners"),
             me: &store.inner.owner,
             known: HashMap::new(),
@@ -235,7 +237,7 @@ impl<'a> Owners<'a> {
             false
         } else {
             let path = self.dir.join(owner);
-            match FileLock::try_existing(&path)? {
+            match FileLock::try_existing(self.root, &path)? {
                 Some(lock) => {
                     if self.reap {
                         lock.remove();
@@ -418,7 +420,7 @@ impl Store {
         // Dead owners' `.new-` lock files (a process killed inside Store::open).
         for (name, path, meta) in list_dir(&root.join("locks/owners"))? {
             if name.starts_with(".new-") && now - fsutil::mtime_secs(&meta) > STALE_NEW_OWNER {
-                if let Some(lock) = FileLock::try_existing(&path)? {
+                if let Some(lock) = FileLock::try_existing(&root, &path)? {
                     lock.remove();
                 }
             }
@@ -604,7 +606,7 @@ impl Store {
                 continue;
             }
             let lock_path = root.join("locks").join(format!("ingest-{name}"));
-            if let Some(lock) = FileLock::try_acquire(&lock_path)? {
+            if let Some(lock) = FileLock::try_acquire(&root, &lock_path)? {
                 report.ingests.add(size_of(&path)?);
                 fsutil::remove_tree(&path).ctx("remove partial download", &path)?;
                 lock.remove();
@@ -617,8 +619,12 @@ impl Store {
                 || name
                     .strip_prefix("ingest-")
                     .is_some_and(|h| !root.join("content/ingest").join(h).exists());
-            if removable {
-                if let Some(lock) = FileLock::try_existing(&path)? {
+            if removable && meta_is_symlink(&path) {
+                // Planted, never made by kiln (lock files are opened without following
+                // links): remove the link itself.
+                fs::remove_file(&path).ctx("remove symlinked lock file", &path)?;
+            } else if removable {
+                if let Some(lock) = FileLock::try_existing(&root, &path)? {
                     lock.remove();
                 }
             }
@@ -634,4 +640,9 @@ impl Store {
             None => Ok(report),
         }
     }
+}
+
+/// Whether `path` itself is a symlink (not followed).
+fn meta_is_symlink(path: &Path) -> bool {
+    fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink())
 }

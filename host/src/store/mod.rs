@@ -46,6 +46,7 @@
 //! All calls block (file I/O, flock, SQLite); async code calls them on tokio's blocking
 //! pool.
 
+mod beneath;
 mod cache;
 mod content;
 mod db;
@@ -128,7 +129,7 @@ impl Store {
             "git",
         ] {
             let p = root.join(dir);
-            fs::create_dir_all(&p).ctx("create directory", &p)?;
+            beneath::create_dirs(&root, dir).ctx("create directory", &p)?;
         }
 
         // Become an owner: lock a fresh file under a temporary name, then rename it into
@@ -136,7 +137,7 @@ impl Store {
         let owner = fsutil::random_hex(12);
         let owners = root.join("locks/owners");
         let tmp_name = owners.join(format!(".new-{owner}"));
-        let lock = FileLock::try_acquire(&tmp_name)?
+        let lock = FileLock::try_acquire(&root, &tmp_name)?
             .expect("a freshly named lock file is not held by anyone");
         let final_name = owners.join(&owner);
         fs::rename(&tmp_name, &final_name).ctx("rename owner lock into", &final_name)?;
@@ -204,7 +205,7 @@ impl Store {
     /// Typical use: lock the cache key, look for a result, build only if none, save,
     /// unlock. Call from a blocking thread.
     pub fn lock_key(&self, name: &str) -> Result<KeyLock, StoreError> {
-        FileLock::acquire(&self.key_lock_path(name))
+        FileLock::acquire(&self.inner.root, &self.key_lock_path(name))
     }
 
     /// Like [`Store::lock_key`], but gives up with [`StoreError::Cancelled`] once
@@ -214,14 +215,17 @@ impl Store {
         name: &str,
         cancel: &AtomicBool,
     ) -> Result<KeyLock, StoreError> {
-        let lock =
-            FileLock::acquire_with(&self.key_lock_path(name), Wait::Cancellable(cancel, name))?;
+        let lock = FileLock::acquire_with(
+            &self.inner.root,
+            &self.key_lock_path(name),
+            Wait::Cancellable(cancel, name),
+        )?;
         Ok(lock.expect("a cancellable wait returns a lock or an error"))
     }
 
     /// Takes the lock named `name` only if it is free now.
     pub fn try_lock_key(&self, name: &str) -> Result<Option<KeyLock>, StoreError> {
-        FileLock::try_acquire(&self.key_lock_path(name))
+        FileLock::try_acquire(&self.inner.root, &self.key_lock_path(name))
     }
 
     fn key_lock_path(&self, name: &str) -> PathBuf {
