@@ -258,6 +258,9 @@ impl Ingest {
             .ctx("seek ingest data", &data_path)?;
         self.hasher = Sha256::new();
         self.offset = 0;
+        // The writeback mark is an offset too: a reset after a megabyte or more had
+        // been written would otherwise underflow `offset - writeback_from`.
+        self.writeback_from = 0;
         let p = self.dir.join("validator");
         match fs::remove_file(&p) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => {
