@@ -608,3 +608,251 @@ fn a_planted_lock_symlink_is_refused_and_pruned() {
         "kiln created a file through the link"
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// 4. HTTP bodies have bounds, and broken framing fails at once.
+
+/// A config loading the built http plugin with `config` as its configuration table.
+fn http_config(env: &Env, config: &str) -> String {
+    let so = kiln_tests::plugin_file("kiln_source_http");
+    env.write(
+        "http.toml",
+        format!(
+            "version = 1\n[plugins.\"io.kiln.source.v1.http\"]\npath = {:?}\n\
+             [plugins.\"io.kiln.source.v1.http\".config]\n{config}\n",
+            so.display().to_string()
+        ),
+    )
+    .display()
+    .to_string()
+}
+
+fn http_fetch(env: &Env, config: &str, url: &str, extra: &[&str]) -> Run {
+    let dest = env.path(&format!("out-{}", kiln_tests_rand()));
+    let mut args = vec![
+        "--config".to_string(),
+        config.to_string(),
+        "--progress".into(),
+        "plain".into(),
+        "source".into(),
+        "fetch".into(),
+        url.into(),
+        "--dest".into(),
+        dest.display().to_string(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    env.kiln(args)
+}
+
+fn kiln_tests_rand() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Counts connections to a raw server.
+fn counted<F>(answer: F) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>)
+where
+    F: Fn(std::net::TcpStream, String) + Send + Sync + 'static,
+{
+    let n = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let n2 = n.clone();
+    let url = raw_server(move |c, l| {
+        n2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        answer(c, l)
+    });
+    (url, n)
+}
+
+#[test]
+fn a_body_without_length_stops_at_the_size_limit() {
+    let env = Env::new();
+    let config = http_config(
+        &env,
+        "max_body_bytes = 1048576\nretries = 2\nretry_backoff_ms = 10",
+    );
+    let (url, hits) = counted(|conn, _| {
+        let _ = send(&conn, b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n");
+        let chunk = vec![b'x'; 64 << 10];
+        // 3 MiB, then the connection closes: no length was announced.
+        for _ in 0..48 {
+            if send(&conn, &chunk).is_err() {
+                return;
+            }
+        }
+    });
+    let run = http_fetch(&env, &config, &format!("{url}/big"), &[]);
+    run.expect_code(1);
+    assert!(
+        run.stderr
+            .contains("larger than the limit of 1048576 bytes")
+            && run.stderr.contains("max_body_bytes"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(
+        hits.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "a size refusal is not retried"
+    );
+    // Nothing of it stays in the store.
+    let du = env.kiln(["--config", &config, "cache", "du", "--json"]);
+    du.success();
+    assert_eq!(
+        du.json()["ingests"]["bytes"].as_u64().unwrap_or(0),
+        0,
+        "{}",
+        du.stdout
+    );
+
+    // The per-source attribute raises the limit for this one source.
+    let run = http_fetch(
+        &env,
+        &config,
+        &format!("{url}/big"),
+        &["--attr", "http.maxsize=4194304"],
+    );
+    run.success();
+    // An announced length over the limit fails before the body is read.
+    let (url2, _) = counted(|conn, _| {
+        let _ = send(
+            &conn,
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5000000000\r\n\r\nxx",
+        );
+    });
+    let run = http_fetch(&env, &config, &format!("{url2}/huge"), &[]);
+    run.expect_code(1);
+    assert!(run.stderr.contains("5000000000"), "{}", run.stderr);
+}
+
+#[test]
+fn a_gzip_bomb_is_refused() {
+    use std::io::Write;
+    let env = Env::new();
+    let config = http_config(&env, "retries = 0");
+    // 256 MiB of zeros gzip to about 250 KiB: a 1000:1 inflation.
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    let zeros = vec![0u8; 1 << 20];
+    for _ in 0..256 {
+        gz.write_all(&zeros).unwrap();
+    }
+    let bomb = std::sync::Arc::new(gz.finish().unwrap());
+    let (url, _) = counted(move |conn, _| {
+        let head = format!(
+            "HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: {}\r\n\r\n",
+            bomb.len()
+        );
+        let _ = send(&conn, head.as_bytes()).and_then(|_| send(&conn, &bomb));
+    });
+    let run = http_fetch(&env, &config, &format!("{url}/bomb.txt"), &[]);
+    run.expect_code(1);
+    assert!(
+        run.stderr.contains("decompression bomb") && run.stderr.contains("max_decompression_ratio"),
+        "{}",
+        run.stderr
+    );
+    let du = env.kiln(["--config", &config, "cache", "du", "--json"]);
+    assert_eq!(
+        du.json()["ingests"]["bytes"].as_u64().unwrap_or(0),
+        0,
+        "{}",
+        du.stdout
+    );
+}
+
+#[test]
+fn a_dribbling_body_meets_the_low_speed_rule_and_the_deadline() {
+    let env = Env::new();
+    let dribble = |conn: std::net::TcpStream, _| {
+        let _ = send(&conn, b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n");
+        for _ in 0..100_000 {
+            if send(&conn, b"x").is_err() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(500));
+        }
+    };
+    let (url, _) = counted(dribble);
+    let config = http_config(
+        &env,
+        "retries = 0\nlow_speed_limit_bytes = 100\nlow_speed_time_secs = 2",
+    );
+    let started = std::time::Instant::now();
+    let run = http_fetch(&env, &config, &format!("{url}/slow"), &[]);
+    run.expect_code(1);
+    assert!(
+        run.stderr.contains("slower than 100 bytes/s for 2 s"),
+        "{}",
+        run.stderr
+    );
+    assert!(started.elapsed().as_secs() < 60);
+
+    // With the low-speed rule off, the overall deadline still ends it, retries included.
+    let config = http_config(
+        &env,
+        "retries = 10\nretry_backoff_ms = 10\nlow_speed_limit_bytes = 0\ndeadline_secs = 3\nread_timeout_secs = 1",
+    );
+    let run = http_fetch(&env, &config, &format!("{url}/slow"), &[]);
+    run.expect_code(1);
+    assert!(run.stderr.contains("deadline_secs = 3"), "{}", run.stderr);
+}
+
+#[test]
+fn bad_lengths_and_non_http_answers_fail_without_retries() {
+    let env = Env::new();
+    let config = http_config(&env, "retries = 3\nretry_backoff_ms = 10");
+    let heads: Vec<(&str, String)> = vec![
+        ("negative", "Content-Length: -1\r\n".into()),
+        ("not a number", "Content-Length: 12abc\r\n".into()),
+        (
+            "overflow",
+            "Content-Length: 99999999999999999999999\r\n".into(),
+        ),
+        (
+            "conflicting",
+            "Content-Length: 5\r\nContent-Length: 6\r\n".into(),
+        ),
+        ("conflicting list", "Content-Length: 5, 6\r\n".into()),
+        (
+            "with chunked",
+            "Content-Length: 5\r\nTransfer-Encoding: chunked\r\n".into(),
+        ),
+        (
+            "too many headers",
+            (0..150)
+                .map(|i| format!("X-H{i}: v\r\n"))
+                .collect::<String>()
+                + "Content-Length: 5\r\n",
+        ),
+    ];
+    for (what, head) in heads {
+        let head = head.clone();
+        let (url, hits) = counted(move |conn, _| {
+            let _ = send(
+                &conn,
+                format!("HTTP/1.1 200 OK\r\n{head}\r\nhello").as_bytes(),
+            );
+        });
+        let run = http_fetch(&env, &config, &format!("{url}/f"), &[]);
+        run.expect_code(1);
+        assert_eq!(
+            hits.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "{what}: retried\n{}",
+            run.stderr
+        );
+    }
+    // An answer that is not HTTP at all.
+    let (url, hits) = counted(|conn, _| {
+        let _ = send(&conn, b"SSH-2.0-OpenSSH_9.6\r\n\r\n");
+    });
+    let run = http_fetch(&env, &config, &format!("{url}/f"), &[]);
+    run.expect_code(1);
+    assert_eq!(
+        hits.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("not retried"), "{}", run.stderr);
+}
