@@ -856,3 +856,82 @@ fn bad_lengths_and_non_http_answers_fail_without_retries() {
     );
     assert!(run.stderr.contains("not retried"), "{}", run.stderr);
 }
+
+// ---------------------------------------------------------------------------------------
+// 10. A tampered snapshot or blob is caught by `cache verify` and dropped by `--repair`.
+
+fn only_entry(dir: &Path) -> PathBuf {
+    let entries: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    entries.into_iter().next().unwrap()
+}
+
+#[test]
+fn a_tampered_snapshot_and_blob_are_caught_by_cache_verify() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::new();
+    let def = small_def(&env);
+    build(&env, &def, &[]).success();
+    // A blob too: an http download lands in the content store.
+    let body = b"blob content\n".repeat(100);
+    let len = body.len();
+    let (url, _) = counted(move |conn, _| {
+        let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {len}\r\n\r\n");
+        let _ = send(&conn, head.as_bytes()).and_then(|_| send(&conn, &body));
+    });
+    let config = http_config(&env, "retries = 0");
+    http_fetch(&env, &config, &format!("{url}/blob.txt"), &[]).success();
+
+    let run = env.kiln(["cache", "verify"]);
+    run.success();
+    assert!(run.stdout.contains("0 failed"), "{}", run.stdout);
+
+    // Tamper with one file of the build's snapshot and with the blob.
+    let snaps = env.root().join("snapshots");
+    let tampered_snap = std::fs::read_dir(&snaps)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.join("kiln-harden-probe/motd").exists())
+        .expect("the build's snapshot");
+    let motd = tampered_snap.join("kiln-harden-probe/motd");
+    std::fs::write(&motd, "tampered\n").unwrap();
+    let blob = only_entry(&env.root().join("content/blobs/sha256"));
+    std::fs::set_permissions(&blob, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::write(&blob, "evil").unwrap();
+
+    let run = env.kiln(["cache", "verify", "--json"]);
+    run.expect_code(1);
+    let v = run.json();
+    let snap_id = tampered_snap
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .to_string();
+    assert_eq!(v["snapshots_failed"][0]["item"], snap_id.as_str(), "{v}");
+    assert_eq!(
+        v["blobs_failed"][0]["item"],
+        format!("sha256:{}", blob.file_name().unwrap().to_string_lossy()).as_str(),
+        "{v}"
+    );
+    assert!(run.stderr.contains("--repair"), "{}", run.stderr);
+
+    let run = env.kiln(["cache", "verify", "--repair"]);
+    run.success();
+    assert!(run.stdout.contains("(removed)"), "{}", run.stdout);
+    assert!(!tampered_snap.exists() && !blob.exists());
+    env.kiln(["cache", "verify"]).success();
+
+    // The next build makes the step again instead of serving the tampered tree.
+    let out = env.path("exported");
+    let spec = format!("type=local,dest={}", out.display());
+    let run = build(&env, &def, &["--output", &spec]);
+    run.success();
+    assert!(!run.stderr.contains("CACHED"), "{}", run.stderr);
+    assert_eq!(
+        std::fs::read_to_string(out.join("kiln-harden-probe/motd")).unwrap(),
+        "hello from kiln\n"
+    );
+}

@@ -206,7 +206,7 @@ impl fmt::Display for PruneReport {
 }
 
 /// Whether owners are alive, probed once per owner.
-struct Owners<'a> {
+pub(super) struct Owners<'a> {
     root: &'a Path,
     dir: PathBuf,
     me: &'a str,
@@ -216,7 +216,7 @@ struct Owners<'a> {
 }
 
 impl<'a> Owners<'a> {
-    fn new(store: &'a Store, reap: bool) -> Self {
+    pub(super) fn new(store: &'a Store, reap: bool) -> Self {
         Owners {
             root: &store.inner.root,
             dir: store.inner.root.join("locks/owners"),
@@ -226,7 +226,7 @@ impl<'a> Owners<'a> {
         }
     }
 
-    fn alive(&mut self, owner: &str) -> Result<bool, StoreError> {
+    pub(super) fn alive(&mut self, owner: &str) -> Result<bool, StoreError> {
         if owner == self.me {
             return Ok(true);
         }

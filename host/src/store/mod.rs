@@ -55,6 +55,7 @@ mod fsutil;
 mod gc;
 mod lock;
 mod snapshot;
+mod verify;
 
 #[cfg(test)]
 mod tests;
@@ -73,7 +74,8 @@ pub use content::{BlobInfo, Ingest, IngestRecord};
 pub use error::StoreError;
 pub use gc::{DuReport, PruneOptions, PruneReport, Usage};
 pub use lock::FileLock;
-pub use snapshot::{SnapshotId, SnapshotInfo, SnapshotMeta, Staging};
+pub use snapshot::{SnapshotId, SnapshotInfo, SnapshotMeta, Staging, CONTENT_HASH_META};
+pub use verify::VerifyReport;
 
 use error::IoContext;
 use lock::Wait;

@@ -496,6 +496,15 @@ fn stage_and_commit_a_snapshot() {
     s.set_snapshot_metadata(&id, "source.pin", "sha256:1")
         .unwrap();
     assert_eq!(s.snapshot_metadata(&id).unwrap().len(), 2);
+    // The content hash recorded at commit is the tree's contenthash.
+    assert_eq!(
+        s.snapshot_content_hash(&id).unwrap(),
+        Some(
+            crate::contenthash::TreeHash::compute(&path)
+                .unwrap()
+                .root_digest()
+        )
+    );
     assert!(entries(&t.path().join("tmp")).is_empty());
     assert_eq!(s.list_snapshots().unwrap().len(), 1);
     let unknown = SnapshotId::parse(&"0".repeat(32)).unwrap();
