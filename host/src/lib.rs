@@ -10,6 +10,7 @@ pub mod export;
 pub mod job;
 pub mod plugins;
 pub mod progress;
+pub mod signals;
 pub mod solver;
 pub mod source_cache;
 pub mod source_manager;

@@ -317,7 +317,8 @@ fn cut_plugin_files_are_refused_by_name_at_every_length() {
 // Hostile servers of the tests: raw TCP on loopback, so each can break HTTP its own way.
 
 /// Starts a server on a free loopback port that reads each request's head and hands
-/// the connection and the request line to `answer`; returns `http://127.0.0.1:PORT`.
+/// the connection and the head (request line and header fields) to `answer`; returns
+/// `http://127.0.0.1:PORT`.
 fn raw_server<F>(answer: F) -> String
 where
     F: Fn(std::net::TcpStream, String) + Send + Sync + 'static,
@@ -332,19 +333,17 @@ where
             let answer = answer.clone();
             std::thread::spawn(move || {
                 let mut reader = std::io::BufReader::new(conn.try_clone().unwrap());
-                let mut first = String::new();
-                if reader.read_line(&mut first).is_err() {
-                    return;
-                }
+                // The request line and the header fields, as received.
+                let mut head = String::new();
                 loop {
                     let mut line = String::new();
                     match reader.read_line(&mut line) {
                         Ok(0) | Err(_) => return,
                         Ok(_) if line == "\r\n" || line == "\n" => break,
-                        Ok(_) => {}
+                        Ok(_) => head.push_str(&line),
                     }
                 }
-                answer(conn, first);
+                answer(conn, head);
             });
         }
     });
@@ -934,4 +933,177 @@ fn a_tampered_snapshot_and_blob_are_caught_by_cache_verify() {
         std::fs::read_to_string(out.join("kiln-harden-probe/motd")).unwrap(),
         "hello from kiln\n"
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// 8. SIGINT and SIGTERM cancel cleanly: exit 130/143, no staging left, downloads resumable.
+
+fn signal(child: &std::process::Child, sig: i32) {
+    let rc = unsafe { libc::kill(child.id() as libc::pid_t, sig) };
+    assert_eq!(rc, 0, "kill: {}", std::io::Error::last_os_error());
+}
+
+fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !cond() {
+        assert!(
+            start.elapsed().as_secs() < 120,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+fn ingest_bytes(root: &Path) -> u64 {
+    let dir = root.join("content/ingest");
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| std::fs::metadata(e.ok()?.path().join("data")).ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// Staging and trash left under the root (`cache du` in JSON).
+fn staging_left(env: &Env) -> (u64, u64) {
+    let du = env.kiln(["cache", "du", "--json"]);
+    du.success();
+    let v = du.json();
+    (
+        v["staging_in_use"]["count"].as_u64().unwrap(),
+        v["staging_orphaned"]["count"].as_u64().unwrap(),
+    )
+}
+
+#[test]
+fn sigint_during_a_download_cancels_and_the_download_resumes() {
+    let env = Env::new();
+    let body: Vec<u8> = (0..(4u32 << 20)).map(|i| (i % 251) as u8).collect();
+    let body = std::sync::Arc::new(body);
+    let ranges = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let (b, r) = (body.clone(), ranges.clone());
+    let url = raw_server(move |conn, head| {
+        let range = head
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("Range: bytes=")
+                    .or_else(|| l.strip_prefix("range: bytes="))
+            })
+            .map(|v| v.trim().trim_end_matches('-').parse::<usize>().unwrap());
+        r.lock().unwrap().push(format!("{range:?}"));
+        match range {
+            None => {
+                // The first MiB, then silence: the download hangs until kiln is stopped.
+                let h = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nETag: \"v1\"\r\n\r\n",
+                    b.len()
+                );
+                let _ = send(&conn, h.as_bytes()).and_then(|_| send(&conn, &b[..1 << 20]));
+                std::thread::sleep(std::time::Duration::from_secs(60));
+            }
+            Some(from) => {
+                let h = format!(
+                    "HTTP/1.1 206 Partial Content\r\nContent-Length: {}\r\nContent-Range: bytes {from}-{}/{}\r\nETag: \"v1\"\r\n\r\n",
+                    b.len() - from,
+                    b.len() - 1,
+                    b.len()
+                );
+                let _ = send(&conn, h.as_bytes()).and_then(|_| send(&conn, &b[from..]));
+            }
+        }
+    });
+    let def = env.write(
+        "dl/kiln.build.toml",
+        format!("version = 1\n[steps.get]\nsource = \"{url}/big.bin\"\n[output]\nstep = \"get\"\n"),
+    );
+    let child = env
+        .command()
+        .args(["--progress", "plain", "build", &def.display().to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let root = env.root();
+    wait_for("the first MiB in the store", || {
+        ingest_bytes(&root) >= 1 << 20
+    });
+    signal(&child, libc::SIGINT);
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("cancelled by SIGINT"), "{stderr}");
+    assert_eq!(staging_left(&env), (0, 0));
+    assert!(
+        ingest_bytes(&root) >= 1 << 20,
+        "the partial download was not kept"
+    );
+
+    // The next run resumes from where the first stopped.
+    let out = env.path("out");
+    let spec = format!("type=local,dest={}", out.display());
+    build(&env, &def, &["--output", &spec]).success();
+    assert_eq!(ranges.lock().unwrap().as_slice(), ["None", "Some(1048576)"]);
+    assert_eq!(std::fs::read(out.join("big.bin")).unwrap(), *body);
+}
+
+#[test]
+fn sigterm_during_a_copy_heavy_step_cancels_and_removes_staging() {
+    use std::io::BufRead;
+    let env = Env::new();
+    let blob = vec![7u8; 16 << 10];
+    for i in 0..2000 {
+        env.write(&format!("heavy/ctx/d{:02}/f{i:05}", i % 50), &blob);
+    }
+    let def = env.write(
+        "heavy/kiln.build.toml",
+        "version = 1\n[steps.ctx]\nsource = \"local://context\"\n[steps.app]\nbase = \"scratch\"\n\
+         actions = [{ copy = { from = \"ctx\", src = \"/\", dest = \"/app\" } }]\n[output]\nstep = \"app\"\n",
+    );
+    let ctx = format!("context={}", env.path("heavy/ctx").display());
+    // The signal goes once the copy step has started and made its staging folder.
+    let mut child = env
+        .command()
+        .args([
+            "--progress",
+            "plain",
+            "build",
+            &def.display().to_string(),
+            "--local",
+            &ctx,
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut seen = String::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        seen.push_str(&line);
+        seen.push('\n');
+        if line == "=> app" {
+            break;
+        }
+    }
+    assert!(seen.contains("=> app"), "{seen}");
+    // Let the copy get going.
+    let tmp = env.root().join("tmp");
+    wait_for("the copy's staging folder", || {
+        std::fs::read_dir(&tmp)
+            .map(|rd| rd.count() > 0)
+            .unwrap_or(false)
+    });
+    signal(&child, libc::SIGTERM);
+    let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
+    let status = child.wait().unwrap();
+    let stderr = format!("{seen}{}", rest.join("\n"));
+    assert_eq!(status.code(), Some(143), "{stderr}");
+    assert!(stderr.contains("cancelled by SIGTERM"), "{stderr}");
+    assert_eq!(staging_left(&env), (0, 0));
+    assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0);
+    // The root is consistent: the same build completes, reusing the cached source.
+    let run = build(&env, &def, &["--local", &ctx]);
+    run.success();
+    assert!(run.stderr.contains("=> ctx CACHED"), "{}", run.stderr);
 }
