@@ -1107,3 +1107,147 @@ fn sigterm_during_a_copy_heavy_step_cancels_and_removes_staging() {
     run.success();
     assert!(run.stderr.contains("=> ctx CACHED"), "{}", run.stderr);
 }
+
+// ---------------------------------------------------------------------------------------
+// 3. A full disk never wedges the store: kiln alone frees its space.
+
+/// A tmpfs of `size` mounted at `dir` for the test's life (this suite runs as root).
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, size: &str) -> Self {
+        std::fs::create_dir_all(dir).unwrap();
+        let src = CString::new("tmpfs").unwrap();
+        let data = CString::new(format!("size={size},mode=0755")).unwrap();
+        let rc = unsafe {
+            libc::mount(
+                src.as_ptr(),
+                cpath(dir).as_ptr(),
+                src.as_ptr(),
+                0,
+                data.as_ptr().cast(),
+            )
+        };
+        assert_eq!(
+            rc,
+            0,
+            "mount tmpfs on {}: {} (this test runs as root, like the suite)",
+            dir.display(),
+            std::io::Error::last_os_error()
+        );
+        Tmpfs(dir.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        unsafe { libc::umount2(cpath(&self.0).as_ptr(), libc::MNT_DETACH) };
+    }
+}
+
+fn free_bytes(dir: &Path) -> u64 {
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    assert_eq!(unsafe { libc::statvfs(cpath(dir).as_ptr(), &mut st) }, 0);
+    st.f_bavail as u64 * st.f_frsize as u64
+}
+
+/// Writes zeros into `path` until the file system is full.
+fn fill(path: &Path) {
+    use std::io::Write;
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let mut f = std::fs::File::create(path).unwrap();
+    let block = vec![0u8; 4096];
+    while f.write_all(&block).is_ok() {}
+    let _ = f.sync_all();
+}
+
+#[test]
+fn a_full_disk_is_freed_by_kiln_alone() {
+    use kiln_tests::http_server::{HttpServer, Route};
+    let env = Env::new();
+    let mnt = env.path("mnt");
+    let _tmpfs = Tmpfs::mount(&mnt, "8m");
+    let root = mnt.join("root");
+    let kiln = |args: &[&str]| -> Run {
+        let mut c = std::process::Command::new(kiln_tests::kiln_bin());
+        c.arg("--root")
+            .arg(&root)
+            .args(args)
+            .env_remove("KILN_CONFIG")
+            .env_remove("KILN_ROOT")
+            .env("XDG_CONFIG_HOME", env.path("xdg-config"))
+            .stdin(std::process::Stdio::null());
+        c.output().unwrap().into()
+    };
+    kiln(&["cache", "du"]).success();
+    assert!(root.join("reserve").is_file(), "no space reserve was made");
+
+    // A download bigger than the disk: it fails saying why, and keeps nothing.
+    let server = HttpServer::start();
+    let big: Vec<u8> = (0..(20u32 << 20)).map(|i| (i % 253) as u8).collect();
+    server.route("/big.bin", Route::bytes(big));
+    let dest = env.path("out-big");
+    let run = kiln(&[
+        "--progress",
+        "plain",
+        "source",
+        "fetch",
+        &server.url("/big.bin"),
+        "--dest",
+        &dest.display().to_string(),
+    ]);
+    run.expect_code(1);
+    assert!(
+        run.stderr
+            .to_lowercase()
+            .contains("no space left on device"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(
+        ingest_bytes(&root),
+        0,
+        "the failed download kept its partial data"
+    );
+
+    // Now the disk is 100 % full (a dead build's staging, as a kill -9 leaves it): every
+    // command still opens the store, and prune frees the space.
+    fill(&root.join("tmp/0123456789abcdef01234567.stage.0/fill"));
+    assert!(free_bytes(&mnt) < 64 << 10);
+    for args in [&["cache", "du"][..], &["cache", "prune"][..]] {
+        let run = kiln(args);
+        run.success();
+    }
+    assert!(free_bytes(&mnt) > 5 << 20, "prune did not free the space");
+    assert!(
+        root.join("reserve").is_file(),
+        "the reserve was not made again"
+    );
+
+    // With the database already open on a full disk, prune (every form) still works.
+    for prune in [
+        &["cache", "prune"][..],
+        &["cache", "prune", "--all"][..],
+        &["cache", "prune", "--keep-duration", "0s"][..],
+    ] {
+        fill(&root.join("tmp/0123456789abcdef01234567.stage.1/fill"));
+        let run = kiln(prune);
+        run.success();
+        assert!(
+            free_bytes(&mnt) > 5 << 20,
+            "{prune:?} did not free the space"
+        );
+    }
+    // And a small download works afterwards.
+    server.route("/small.txt", Route::bytes(b"small\n".to_vec()));
+    let dest = env.path("out-small");
+    kiln(&[
+        "source",
+        "fetch",
+        &server.url("/small.txt"),
+        "--dest",
+        &dest.display().to_string(),
+    ])
+    .success();
+    assert_eq!(std::fs::read(dest.join("small.txt")).unwrap(), b"small\n");
+}

@@ -250,12 +250,22 @@ impl Ingest {
     /// Discards the data and validator; the ingest starts again at offset 0.
     pub fn reset(&mut self) -> Result<(), StoreError> {
         let data_path = self.data_path.clone();
-        let file = self.file_mut()?;
-        file.flush().ctx("write ingest data", &data_path)?;
-        let f = file.get_mut();
-        f.set_len(0).ctx("truncate ingest data", &data_path)?;
-        f.seek(SeekFrom::Start(0))
-            .ctx("seek ingest data", &data_path)?;
+        // What is still buffered is discarded, not flushed: the data is being thrown
+        // away, and on a full disk the flush is what fails (ENOSPC), which must not
+        // stop the truncation that frees the space.
+        let Some(buffered) = self.file.take() else {
+            return Err(StoreError::io(
+                "write ingest data",
+                &data_path,
+                io::Error::other("the ingest was already finished"),
+            ));
+        };
+        let (mut f, _discarded) = buffered.into_parts();
+        let truncated = f
+            .set_len(0)
+            .and_then(|_| f.seek(SeekFrom::Start(0)).map(|_| ()));
+        self.file = Some(BufWriter::with_capacity(BUF, f));
+        truncated.ctx("truncate ingest data", &data_path)?;
         self.hasher = Sha256::new();
         self.offset = 0;
         // The writeback mark is an offset too: a reset after a megabyte or more had
@@ -393,17 +403,6 @@ impl Ingest {
     fn remove_dir(&mut self) {
         self.file = None;
         let _ = fsutil::remove_tree(&self.dir);
-    }
-
-    fn file_mut(&mut self) -> Result<&mut BufWriter<File>, StoreError> {
-        match self.file.as_mut() {
-            Some(f) => Ok(f),
-            None => Err(StoreError::io(
-                "write ingest data",
-                &self.data_path,
-                io::Error::other("the ingest was already finished"),
-            )),
-        }
     }
 }
 

@@ -411,6 +411,15 @@ impl Store {
     /// Removes what no live build uses, as `opts` says (see the module docs).
     pub fn prune(&self, opts: PruneOptions) -> Result<PruneReport, StoreError> {
         let root = self.inner.root.clone();
+        // Room for SQLite's log on a full disk; made again below once space is freed.
+        super::reserve::release(&root);
+        let result = self.prune_inner(&root, opts);
+        super::reserve::ensure(&root);
+        result
+    }
+
+    fn prune_inner(&self, root: &Path, opts: PruneOptions) -> Result<PruneReport, StoreError> {
+        let root = root.to_path_buf();
         let mut report = PruneReport::default();
         let mut owners = Owners::new(self, true);
         let now = fsutil::now_secs();
@@ -640,6 +649,37 @@ impl Store {
             None => Ok(report),
         }
     }
+}
+
+/// Removes the staging and trash directories of dead owners under `<root>/tmp/`
+/// without the database: the way to free space when the disk is too full for SQLite
+/// to open (these directories have no rows). Returns the bytes freed.
+pub(super) fn remove_dead_staging(root: &Path) -> u64 {
+    let mut freed = 0;
+    let Ok(entries) = list_dir(&root.join("tmp")) else {
+        return 0;
+    };
+    for (name, path, _) in entries {
+        let owner = tmp_owner(&name);
+        if owner.is_empty() || !owner.bytes().all(|b| b.is_ascii_hexdigit()) {
+            continue;
+        }
+        let lock_path = root.join("locks/owners").join(owner);
+        let dead = match FileLock::try_existing(root, &lock_path) {
+            // We got the lock: its holder is gone.
+            Ok(Some(_)) => true,
+            // Held (alive), or missing (dead).
+            Ok(None) => !lock_path.exists(),
+            Err(_) => false,
+        };
+        if dead {
+            let bytes = size_of(&path).unwrap_or(0);
+            if fsutil::remove_tree(&path).is_ok() {
+                freed += bytes;
+            }
+        }
+    }
+    freed
 }
 
 /// Whether `path` itself is a symlink (not followed).

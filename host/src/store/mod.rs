@@ -54,6 +54,7 @@ mod error;
 mod fsutil;
 mod gc;
 mod lock;
+mod reserve;
 mod snapshot;
 mod verify;
 
@@ -146,7 +147,26 @@ impl Store {
         let lock = lock.renamed(final_name);
 
         let db_path = root.join("kiln.db");
-        let conn = db::open(&db_path)?;
+        let conn = match db::open(&db_path) {
+            // A full disk leaves SQLite no room for its log: free the reserve and
+            // try once more, so that at least `kiln cache prune` can run.
+            Err(e) if e.is_no_space(&root) => {
+                // Staging of dead builds has no rows: it can go before the database
+                // opens.
+                let freed =
+                    reserve::release(&root) as u64 * reserve::SIZE + gc::remove_dead_staging(&root);
+                if freed == 0 {
+                    return Err(e);
+                }
+                tracing::warn!(
+                    "the disk holding {} is full: freed {freed} bytes (kiln's space reserve and dead builds' staging); run `kiln cache prune` to free more",
+                    root.display()
+                );
+                db::open(&db_path)?
+            }
+            r => r?,
+        };
+        reserve::ensure(&root);
         let inner = Inner {
             root,
             db_path,
