@@ -19,6 +19,8 @@ pub const ECHO_KEEP: usize = 120;
 pub const MAX_CONFIG_BYTES: u64 = 4 << 20;
 /// The most a build definition may hold (8 MiB).
 pub const MAX_DEFINITION_BYTES: u64 = 8 << 20;
+/// The most a `--secret` file may hold (512 KiB, about BuildKit's limit).
+pub const MAX_SECRET_BYTES: u64 = 512 << 10;
 
 fn is_unsafe(c: char, keep_newlines: bool) -> bool {
     match c {
@@ -168,16 +170,21 @@ pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
     (line, col)
 }
 
-/// Reads the UTF-8 text file at `path`, refusing more than `cap` bytes without reading
-/// them (a device such as `/dev/zero` stops at the cap). `what` names the kind of file
-/// in the error ("configuration file", "build definition").
-pub fn read_capped(path: &Path, cap: u64, what: &str) -> io::Result<String> {
+/// Reads the file at `path`, refusing more than `cap` bytes without reading them (a
+/// device such as `/dev/zero` stops at the cap). `what` names the kind of file in the
+/// error ("configuration file", "build definition").
+pub fn read_capped_bytes(path: &Path, cap: u64, what: &str) -> io::Result<Vec<u8>> {
     let file = std::fs::File::open(path)?;
     let meta = file.metadata()?;
     let too_big = || {
+        let limit = if cap >= 1 << 20 {
+            format!("{} MiB", cap >> 20)
+        } else {
+            format!("{} KiB", cap >> 10)
+        };
         io::Error::new(
             io::ErrorKind::InvalidData,
-            format!("larger than {} MiB, the limit for a {what}", cap >> 20),
+            format!("larger than {limit}, the limit for a {what}"),
         )
     };
     if meta.is_dir() {
@@ -198,6 +205,12 @@ pub fn read_capped(path: &Path, cap: u64, what: &str) -> io::Result<String> {
     if bytes.len() as u64 > cap {
         return Err(too_big());
     }
+    Ok(bytes)
+}
+
+/// [`read_capped_bytes`] for UTF-8 text.
+pub fn read_capped(path: &Path, cap: u64, what: &str) -> io::Result<String> {
+    let bytes = read_capped_bytes(path, cap, what)?;
     String::from_utf8(bytes).map_err(|e| {
         io::Error::new(
             io::ErrorKind::InvalidData,

@@ -420,6 +420,11 @@ fn endless_definition_and_config_are_refused() {
         "{}",
         run.stderr
     );
+    // A secret file is read with a cap too.
+    let def = small_def(&env);
+    let run = build(&env, &def, &["--secret", "id=x,src=/dev/zero"]);
+    run.expect_code(2);
+    assert!(run.stderr.contains("larger than 512 KiB"), "{}", run.stderr);
     // An inline mkfile over its cap is refused with the step and action named.
     let big = "x".repeat(2 << 20);
     let def = env.write(
