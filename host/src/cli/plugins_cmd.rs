@@ -60,10 +60,10 @@ pub fn run(g: &Globals, cmd: PluginsCommand) -> Result<(), CliError> {
             } else {
                 s.schemes.join(",")
             },
-            s.path.display()
+            crate::text::escape(&s.path.display().to_string())
         );
         if let Some(r) = &s.reason {
-            println!("    {r}");
+            println!("    {}", crate::text::one_line(r));
         }
     }
     Ok(())
