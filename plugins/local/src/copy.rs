@@ -844,7 +844,8 @@ pub fn copy_tree(src: &Path, dest: &Path, opts: &CopyOptions<'_>) -> Result<Copy
 
 /// [`copy_tree`], linking unchanged files from `kept` (the kept copy of the last
 /// snapshot of this context) and keeping the copied ones for the next snapshot. The
-/// kept state is updated only when the whole copy succeeded.
+/// kept state is saved only when the whole copy succeeded; failing to save it is
+/// logged, not an error.
 pub fn copy_tree_kept(
     src: &Path,
     dest: &Path,
@@ -852,11 +853,11 @@ pub fn copy_tree_kept(
     kept: Kept,
 ) -> Result<CopyStats, CopyError> {
     let (stats, records, failed) = copy_inner(src, dest, opts, Some(&kept))?;
-    kept.finish(records, &failed).map_err(|e| CopyError::Io {
-        action: "update the kept copy of",
-        path: src.to_path_buf(),
-        source: e,
-    })?;
+    // The snapshot is complete either way; a kept state that could not be saved only
+    // makes the next snapshot a full copy.
+    if let Err(e) = kept.finish(records, &failed) {
+        tracing::warn!(path = %src.display(), "cannot save the kept copy of this context (the next snapshot copies everything): {e}");
+    }
     Ok(stats)
 }
 

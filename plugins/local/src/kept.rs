@@ -66,6 +66,13 @@
 //! - Another build snapshotting the same context at the same time holds the lock; this
 //!   one then makes a full copy without the kept state instead of waiting.
 //!
+//! # Space
+//!
+//! While the snapshots made from it are in the store, the kept copy costs no extra
+//! space (the same inodes). Once they are pruned it is one copy of each context; a
+//! context not snapshotted for [`UNUSED_CONTEXT_AGE`] is removed by the next snapshot
+//! of any context ([`sweep`]).
+//!
 //! The host checksums the staged tree after every snapshot (to find the snapshot in the
 //! cache); the plugin API has no way to hand it the checksums of unchanged files, so
 //! that part is not incremental yet.
@@ -82,6 +89,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use sha2::{Digest, Sha256};
 
 const MAGIC: &[u8] = b"kiln-local-kept 1\n";
+
+/// A context whose kept copy was not used for this long is removed by [`sweep`].
+pub const UNUSED_CONTEXT_AGE: std::time::Duration = std::time::Duration::from_secs(7 * 86400);
 
 /// What the walk saw of a source file: the fields that decide "unchanged".
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -229,6 +239,9 @@ impl Kept {
             }
             return Err(e);
         }
+        // Marks the context as used now (see `sweep`).
+        // SAFETY: the descriptor is open; a null times pointer means "now".
+        unsafe { libc::futimens(lock.as_raw_fd(), std::ptr::null()) };
         let started = coarse_now();
         let boot = boot_id();
         let source = source.as_os_str().as_bytes().to_vec();
@@ -422,6 +435,43 @@ impl<'a> Cursor<'a> {
         let n = u32::from_le_bytes(n.try_into().unwrap()) as usize;
         self.take(n)
     }
+}
+
+/// Removes the kept copies under `state_dir` (other than `current`) whose last
+/// snapshot is older than `max_age`, skipping any that a snapshot holds right now.
+/// Returns how many it removed.
+pub fn sweep(state_dir: &Path, current: &str, max_age: std::time::Duration) -> io::Result<usize> {
+    let contexts = state_dir.join("contexts");
+    let now = std::time::SystemTime::now();
+    let mut removed = 0;
+    for entry in fs::read_dir(&contexts)? {
+        let entry = entry?;
+        let dir = entry.path();
+        if entry.file_name().as_bytes() == current.as_bytes() {
+            continue;
+        }
+        // The lock file's mtime: set when a snapshot of this context last started.
+        let used = fs::metadata(dir.join("lock"))
+            .or_else(|_| entry.metadata())
+            .and_then(|m| m.modified())?;
+        if now.duration_since(used).unwrap_or_default() < max_age {
+            continue;
+        }
+        let Ok(lock) = File::options().write(true).open(dir.join("lock")) else {
+            continue;
+        };
+        // SAFETY: the descriptor is open.
+        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            continue;
+        }
+        // Out of the way first, so that no half-removed state is ever opened.
+        let trash = contexts.join(format!(".trash-{}", entry.file_name().to_string_lossy()));
+        fs::rename(&dir, &trash)?;
+        drop(lock);
+        fs::remove_dir_all(&trash)?;
+        removed += 1;
+    }
+    Ok(removed)
 }
 
 #[cfg(test)]

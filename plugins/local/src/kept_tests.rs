@@ -426,3 +426,32 @@ fn a_file_deleted_during_the_walk_is_skipped() {
     let (out, _) = snap(&s, state.path(), &all);
     assert_same(&s, out.path(), &all);
 }
+
+#[test]
+fn unused_contexts_are_swept() {
+    let state = tempfile::tempdir().unwrap();
+    let a = tempfile::tempdir().unwrap();
+    write(&a.path().join("f"), "x", 0o644);
+    let o = opts(&[]);
+    for key in ["old", "busy", "current"] {
+        let kept = Kept::open(state.path(), key, a.path()).unwrap().unwrap();
+        copy_tree_kept(a.path(), tempfile::tempdir().unwrap().path(), &o, kept).unwrap();
+    }
+    // Nothing is old enough yet.
+    assert_eq!(
+        sweep(state.path(), "current", UNUSED_CONTEXT_AGE).unwrap(),
+        0
+    );
+    let busy = Kept::open(state.path(), "busy", a.path()).unwrap().unwrap();
+    // With no age limit, all but the current and the busy one go.
+    assert_eq!(
+        sweep(state.path(), "current", std::time::Duration::ZERO).unwrap(),
+        1
+    );
+    let left: std::collections::BTreeSet<String> = fs::read_dir(state.path().join("contexts"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(left, ["busy", "current"].map(String::from).into());
+    drop(busy);
+}

@@ -186,7 +186,20 @@ impl SourceInstance for LocalStep {
             progress: &progress,
         };
         let result = match kept {
-            Some(kept) => copy_tree_kept(&dir, dest, &opts, kept),
+            Some((kept, key)) => {
+                let r = copy_tree_kept(&dir, dest, &opts, kept);
+                if r.is_ok() {
+                    let state = self.host.state_dir();
+                    match kept::sweep(&state, &key, kept::UNUSED_CONTEXT_AGE) {
+                        Ok(0) => {}
+                        Ok(n) => {
+                            tracing::debug!(removed = n, "kept copies of unused contexts removed")
+                        }
+                        Err(e) => tracing::debug!("cannot sweep unused contexts: {e}"),
+                    }
+                }
+                r
+            }
             None => copy_tree(&dir, dest, &opts),
         };
         let stats = match result {
@@ -224,10 +237,10 @@ impl SourceInstance for LocalStep {
 }
 
 impl LocalStep {
-    /// The kept state of this context when this snapshot may use it: the `metadata`
+    /// The kept state of this context (and its key) when this snapshot may use it: the `metadata`
     /// differ, a store staging directory as `dest`, and no other snapshot of the same
     /// context running. Problems with the state only cost speed (logged at debug).
-    fn kept(&self, dir: &Path, dest: &Path) -> Option<Kept> {
+    fn kept(&self, dir: &Path, dest: &Path) -> Option<(Kept, String)> {
         if self.id.differ == Differ::None {
             return None;
         }
@@ -237,7 +250,7 @@ impl LocalStep {
         }
         let key = kept::context_key(&self.id.key_name, self.id.shared_key_hint.as_deref(), dir);
         match Kept::open(&state, &key, dir) {
-            Ok(Some(k)) => Some(k),
+            Ok(Some(k)) => Some((k, key)),
             Ok(None) => {
                 tracing::debug!(name = %self.id.name, "context in use by another snapshot: full copy");
                 None
