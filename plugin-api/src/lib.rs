@@ -107,18 +107,23 @@
 #![warn(missing_docs)]
 
 pub mod abi;
+pub mod attrs;
 mod error;
 pub mod gojson;
 mod log_bridge;
 pub mod patterns;
 pub mod platform;
 mod sdk;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use abi::Capabilities;
+pub use attrs::{AttrSpec, AttrType};
 pub use error::{ErrorCode, PluginError, Result};
 pub use sdk::{
-    guard, parse_config, BlobWriter, CacheKey, Host, Job, Plugin, PluginInfo, Request, Snapshot,
-    Source, SourceInstance, DESCRIBE_ERROR, OCI_LAYOUT_PREFIX, SSH_PREFIX,
+    config_error, config_error_key, guard, parse_config, BlobWriter, CacheKey, Host, Job, Plugin,
+    PluginInfo, Request, Snapshot, Source, SourceInstance, DESCRIBE_ERROR, OCI_LAYOUT_PREFIX,
+    SSH_PREFIX,
 };
 
 /// The version of this plugin-api, declared by every plugin built against it.
