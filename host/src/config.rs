@@ -96,6 +96,8 @@ pub struct Config {
     pub root: Option<PathBuf>,
     /// Plugins sorted by id.
     pub plugins: Vec<PluginConfig>,
+    /// The text it was parsed from (to point a plugin's config error at its line).
+    pub text: String,
 }
 
 impl Config {
@@ -186,6 +188,7 @@ impl Config {
             source,
             root: raw.root,
             plugins,
+            text: text.to_string(),
         })
     }
 
@@ -260,7 +263,7 @@ fn resolve_plugin_path(path: &Path, base_dirs: &[PathBuf]) -> PathBuf {
 }
 
 /// 1-based line and column of byte `offset` in `text`.
-fn line_col(text: &str, offset: usize) -> (usize, usize) {
+pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;
     let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
