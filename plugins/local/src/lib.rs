@@ -175,6 +175,10 @@ impl Plugin for LocalSource {
     fn new(_config: &str, _host: Host) -> Result<Self> {
         Ok(LocalSource)
     }
+
+    fn attributes() -> Vec<kiln_plugin_api::AttrSpec> {
+        identifier::attributes()
+    }
 }
 
 export_plugin!(LocalSource);
