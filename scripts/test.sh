@@ -57,10 +57,13 @@ template_check() {
   grep -q "^sha256 = \"$sum\"" "$tmp/hello/kiln.toml"
   root="$tmp/root"
   k() { "$kiln" --config "$tmp/hello/kiln.toml" --root "$root" "$@"; }
-  k plugins show com.example.source.v1.hello --json | grep -q '"status": "loaded"'
-  k source resolve hello://world --attr hello.times=2 --json | grep -q '"digest": "sha256:'
-  k source fetch hello://world --attr hello.times=2 --dest "$tmp/fetched" --json |
-    grep -q '"cached": false'
+  # Outputs are captured before grep reads them (grep -q on a pipe could cut it short).
+  out=$(k plugins show com.example.source.v1.hello --json)
+  grep -q '"status": "loaded"' <<<"$out"
+  out=$(k source resolve hello://world --attr hello.times=2 --json)
+  grep -q '"digest": "sha256:' <<<"$out"
+  out=$(k source fetch hello://world --attr hello.times=2 --dest "$tmp/fetched" --json)
+  grep -q '"cached": false' <<<"$out"
   grep -qx 'Hello, world!' "$tmp/fetched/world.txt"
   out=$(k --progress plain build "$tmp/hello/build.toml" --output "type=local,dest=$tmp/out1" 2>&1)
   if grep -q CACHED <<<"$out"; then echo "template: first build was cached: $out" >&2; return 1; fi
