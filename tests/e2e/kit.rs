@@ -355,7 +355,9 @@ fn json_failures_are_one_object_on_stdout_with_the_exit_code_kept() {
     let run = kiln(&env, &cfg, &["source", "resolve", "nosuch://x", "--json"]);
     run.expect_code(2);
     assert_eq!(run.json()["error"]["code"], "invalid_identifier");
-    assert!(!run.stderr.contains("error:"), "{}", run.stderr);
+    // The plain line stays on stderr for people and logs.
+    assert!(run.stderr.contains("error: "), "{}", run.stderr);
+    assert_eq!(run.stdout.lines().count(), 1, "one object: {}", run.stdout);
 
     let dest = env.path("p");
     let run = kiln(

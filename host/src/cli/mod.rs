@@ -29,8 +29,8 @@ pub use crate::progress::ProgressMode;
 /// # Error codes and exit codes
 ///
 /// With `--json` (or `--progress json`), a failing command prints
-/// `{"error": {"code": CODE, "message": …, "plugin"?: ID, "step"?: NAME}}` on stdout;
-/// the exit code is the same as without it.
+/// `{"error": {"code": CODE, "message": …, "plugin"?: ID, "step"?: NAME}}` on stdout
+/// (and the same message as always on stderr); the exit code is the same as without it.
 ///
 /// | `code` | exit code | meaning |
 /// |---|---|---|
@@ -334,11 +334,12 @@ pub fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            // Scripts read the object on stdout; people (and logs) keep the line on
+            // stderr.
             if json {
                 println!("{}", e.to_json());
-            } else {
-                eprintln!("error: {}", e.message);
             }
+            eprintln!("error: {}", e.message);
             ExitCode::from(e.code)
         }
     }
