@@ -99,6 +99,20 @@
 //! - Secrets ([`Job::secret`]) and URL credentials must never appear in keys, pins,
 //!   errors or log records.
 //!
+//! ## Keys, attributes, configuration, tests
+//!
+//! - What a key must and must not contain, what a pin is and what `opts` hold:
+//!   [`CacheKey`]. The host mixes the plugin's id into its cache index, so keys of
+//!   different plugins never collide.
+//! - Typed attribute readers ([`Request::attr_u64`], [`Request::attr_bool`],
+//!   [`Request::attr_octal`], [`Request::attr_list`], [`Request::deny_unknown`]) and the
+//!   optional schema ([`Plugin::attributes`], [`attrs`]) the host checks before calling
+//!   the plugin.
+//! - [`parse_config`] and [`config_error`] name the config key at fault; the host
+//!   reports it at that key's line and column in `kiln.toml`.
+//! - The `testing` feature: `testing::FakeJob` and `FakeHost` run
+//!   `cache_key` and `snapshot` in plain unit tests (see `examples/plugin-template`).
+//!
 //! ## Compatibility
 //!
 //! The plugin-api is versioned on its own ([`API_VERSION`]). The host loads a plugin
