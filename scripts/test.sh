@@ -38,7 +38,7 @@ cargo test --workspace --no-fail-fast "$@"
 template_check() {
   local tmp kiln so sum root started out
   tmp=$(mktemp -d)
-  trap 'rm -rf "$tmp"' RETURN
+  trap 'rm -rf "$tmp"' EXIT
   kiln="$PWD/target/debug/kiln"
   cp -r plugin-api "$tmp/plugin-api"
   rm -rf "$tmp/plugin-api/target"
