@@ -100,6 +100,8 @@ pub struct Config {
     pub plugin_dirs: Vec<PathBuf>,
     /// Plugins sorted by id.
     pub plugins: Vec<PluginConfig>,
+    /// The text it was parsed from (to point a plugin's config error at its line).
+    pub text: String,
 }
 
 impl Config {
@@ -213,6 +215,7 @@ impl Config {
             root: raw.root,
             plugin_dirs,
             plugins,
+            text: text.to_string(),
         })
     }
 
@@ -305,6 +308,13 @@ fn resolve_plugin_path(path: &Path, base_dir: &Path, plugin_dirs: &[PathBuf]) ->
 }
 
 /// 1-based line and column of byte `offset` in `text`.
+pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, col)
+}
+
 /// The default root: `/var/lib/kiln` as root, else `$XDG_DATA_HOME/kiln`
 /// (`~/.local/share/kiln`).
 pub fn default_root() -> PathBuf {

@@ -29,6 +29,10 @@ pub enum ProgressUpdate {
     TaskFinish {
         /// The task's name.
         task: String,
+        /// Units done, as the plugin reported them.
+        current: u64,
+        /// Units in all, as the plugin reported them (0: unknown).
+        total: u64,
         /// Set when the task failed.
         error: Option<String>,
     },

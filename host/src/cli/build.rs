@@ -67,8 +67,5 @@ pub fn run(g: &Globals, a: BuildArgs) -> Result<(), CliError> {
     runtime()?
         .block_on(run_build(&app, opts))
         .map(|_| ())
-        .map_err(|e| CliError {
-            code: e.exit_code(),
-            message: e.to_string(),
-        })
+        .map_err(CliError::from)
 }

@@ -262,7 +262,7 @@ async fn source(node: &Node, ctx: &Arc<Ctx>, op: SourceOp) -> Res<NodeResult> {
         if is_random(&cm.digest) {
             session = true;
         } else {
-            let key = root_key(&cm.digest, 0);
+            let key = root_key(&cm.index_digest, 0);
             // BuildKit's rule: a later index is computed only on a miss of this one.
             if !ctx.no_cache {
                 if let Some(hit) = lookup(&ctx.store, &key, true).await? {

@@ -71,6 +71,10 @@ impl Plugin for HttpSource {
         }
     }
 
+    fn attributes() -> Vec<kiln_plugin_api::AttrSpec> {
+        ident::attributes()
+    }
+
     fn new(config: &str, host: Host) -> Result<Self> {
         let cfg = Config::parse(config)?;
         let agents = cfg.agents()?;
