@@ -331,7 +331,12 @@ fn classify(what: &str, stderr: &str) -> PluginError {
     let msg = redact(&msg.join("; "));
     let lower = msg.to_ascii_lowercase();
     let text = format!("{what}: {msg}");
-    if lower.contains("authentication failed")
+    if lower.contains("could not read username") || lower.contains("authentication failed") {
+        PluginError::unauthorized(format!(
+            "{text} (the remote wants credentials: give a token or header with --secret \
+             id=GIT_AUTH_TOKEN.<host> or id=GIT_AUTH_HEADER.<host>, or forward ssh with --ssh)"
+        ))
+    } else if lower.contains("authentication failed")
         || lower.contains("could not read username")
         || lower.contains("permission denied")
         || lower.contains(" 401")

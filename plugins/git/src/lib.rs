@@ -234,7 +234,7 @@ impl SourceInstance for GitStep {
             }
             Err(e) => {
                 job.progress_finish(&fetch_task, 0, Some(&e.message));
-                return Err(e.context(&self.id));
+                return Err(e);
             }
         };
         let checkout_task = format!("checkout {}", &r.commit[..12.min(r.commit.len())]);
@@ -260,7 +260,7 @@ impl SourceInstance for GitStep {
             0,
             done.as_ref().err().map(|e| e.message.as_str()),
         );
-        done.map_err(|e| e.context(&self.id))?;
+        done?;
         Ok(Snapshot {
             metadata: vec![
                 ("git.remote".into(), self.id.remote.to_string()),

@@ -152,6 +152,40 @@ impl Repo {
         .filter(|s| !s.is_empty())
     }
 
+    /// The objects the `refs/kiln/…` refs point at, and their peeled commits.
+    pub fn ref_targets(&self, cli: &GitCli) -> Result<Vec<String>> {
+        let out = cli.run(
+            None,
+            Some(&self.dir),
+            &[
+                "for-each-ref",
+                "--format=%(objectname) %(*objectname)",
+                "refs/kiln/",
+            ],
+            "listing local refs",
+        )?;
+        Ok(out.stdout.split_whitespace().map(str::to_string).collect())
+    }
+
+    /// Whether `object` and everything its commit's tree needs are present.
+    pub fn complete(&self, cli: &GitCli, object: &str) -> bool {
+        cli.run(
+            None,
+            Some(&self.dir),
+            &[
+                "rev-list",
+                "--objects",
+                "--missing=print",
+                "-n",
+                "1",
+                object,
+                "--",
+            ],
+            "checking objects",
+        )
+        .is_ok_and(|o| !o.stdout.lines().any(|l| l.starts_with('?')))
+    }
+
     /// Deletes every `refs/kiln/…` ref (the objects stay).
     pub fn drop_local_refs(&self, cli: &GitCli) -> Result<()> {
         let out = cli.run(
@@ -203,8 +237,9 @@ pub fn ensure(
 ) -> Result<String> {
     let local = local_ref(r);
     let wanted = &r.checksum;
-    let have = repo.has(cli, &format!("{}^{{commit}}", r.commit)) && repo.has(cli, wanted);
-    if have {
+    // Present only if a finished fetch left a ref on it: loose objects of a killed
+    // fetch may hold the commit without its files.
+    if repo.ref_targets(cli)?.iter().any(|t| t == wanted) {
         repo.set_ref(cli, &local, wanted)?;
         return Ok(local);
     }
@@ -234,10 +269,10 @@ pub fn ensure(
     let got = repo.rev_parse(cli, &local);
     if got.as_deref() != Some(wanted.as_str()) {
         // The ref moved (or vanished) since the key was computed.
-        if !repo.has(cli, wanted) {
+        if !repo.complete(cli, wanted) {
             let _ = fetch(cli, repo, &url, wanted, &local, job, &what, progress);
         }
-        if !repo.has(cli, wanted) {
+        if !repo.complete(cli, wanted) {
             return Err(PluginError::not_found(format!(
                 "fetched ref {} does not match expected commit {} and commit can not be found (remote {})",
                 r.fullref, r.commit, id.remote
@@ -294,6 +329,8 @@ fn fetch_all(
     progress: crate::cli::ProgressFn<'_>,
 ) -> Result<()> {
     let args = [
+        "-c",
+        "fetch.unpackLimit=1",
         "fetch",
         "--no-tags",
         "--force",

@@ -188,8 +188,8 @@ pub fn validate_remote_ref(name: &str) -> Result<()> {
             .chars()
             .any(|c| c.is_control() || c.is_whitespace() || "~^:?*[\\".contains(c));
     if bad {
-        return Err(PluginError::invalid_identifier(format!(
-            "invalid git ref {name:?} announced by the remote"
+        return Err(PluginError::not_found(format!(
+            "refusing the remote's ref: invalid git ref {name:?}"
         )));
     }
     Ok(())
