@@ -897,7 +897,22 @@ step = "out"
             meta.display().to_string(),
         ])
     };
-    build("out1").success();
+    let first = build("out1");
+    first.success();
+    // The fetch and the checkout report progress with counts.
+    let progress: Vec<serde_json::Value> = first
+        .stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["step"] == "src" && v["event"] == "progress")
+        .collect();
+    assert!(
+        progress
+            .iter()
+            .any(|v| v["total"].as_u64().unwrap_or(0) > 0),
+        "{}",
+        first.stderr
+    );
     assert_eq!(
         std::fs::read_to_string(fx.env.path("out1/code/main.c")).unwrap(),
         "int main(void) { return 0; }\n"
@@ -927,4 +942,118 @@ step = "out"
         reqs.iter().map(|s| &s.target).collect::<Vec<_>>()
     );
     assert!(fx.env.path("out2/code/main.c").is_file());
+}
+
+/// Spawns `kiln source fetch` of `url#main` into `dest` with extra global args.
+fn spawn_fetch(fx: &Fx, url: &str, dest: &str, global: &[&str]) -> std::process::Child {
+    fx.env
+        .command()
+        .args(global)
+        .args(["--progress", "plain", "source", "fetch"])
+        .arg(identifier(url, "main"))
+        .args(["--attr", &format!("git.fullurl={url}"), "--dest"])
+        .arg(fx.env.path(dest))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits until no process mentions the root (the git children are gone).
+#[track_caller]
+fn no_git_left(fx: &Fx) {
+    let root = fx.env.root().display().to_string();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !processes_mentioning(&root).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "processes outlived kiln: {:?}",
+            processes_mentioning(&root)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn sigint_mid_fetch_cancels_and_kills_git() {
+    let fx = Fx::new();
+    big_repo(&fx, 4);
+    let h = GitHttp::start(&fx.served);
+    h.throttle(20_000);
+    let url = h.url("big.git");
+    let child = spawn_fetch(&fx, &url, "out", &[]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while h.sent() < 256 * 1024 {
+        assert!(Instant::now() < deadline, "the fetch never started");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // SAFETY: signals the child we started.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let started = Instant::now();
+    let output = child.wait_with_output().unwrap();
+    // 130 once the host turns SIGINT into a cancel; today it may still die of it.
+    use std::os::unix::process::ExitStatusExt;
+    assert!(
+        output.status.code() == Some(130) || output.status.signal() == Some(libc::SIGINT),
+        "{:?}",
+        output.status
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "cancel took {:?}",
+        started.elapsed()
+    );
+    no_git_left(&fx);
+    assert!(!fx.env.path("out/blob.bin").exists());
+}
+
+#[test]
+fn the_timeout_from_the_config_kills_a_slow_fetch() {
+    let fx = Fx::new();
+    big_repo(&fx, 4);
+    let h = GitHttp::start(&fx.served);
+    h.throttle(50_000);
+    let url = h.url("big.git");
+    let so = kiln_tests::plugin_file("kiln_source_git");
+    let cfg = fx.env.write(
+        "kiln.toml",
+        format!(
+            "version = 1\n[plugins.\"io.kiln.source.v1.git\"]\npath = {:?}\n\
+             [plugins.\"io.kiln.source.v1.git\".config]\ntimeout_secs = 2\n",
+            so.display().to_string()
+        ),
+    );
+    let cfg = cfg.display().to_string();
+    let run: Run = spawn_fetch(&fx, &url, "out", &["--config", &cfg])
+        .wait_with_output()
+        .unwrap()
+        .into();
+    run.expect_code(1);
+    assert!(out(&run).contains("timed out after 2 s"), "{}", out(&run));
+    no_git_left(&fx);
+
+    // A bad configuration is refused by name.
+    std::fs::write(
+        &cfg,
+        format!(
+            "version = 1\nrequired_plugins = [\"io.kiln.source.v1.git\"]\n\
+             [plugins.\"io.kiln.source.v1.git\"]\npath = {:?}\n\
+             [plugins.\"io.kiln.source.v1.git\".config]\ndepth = 3\n",
+            so.display().to_string()
+        ),
+    )
+    .unwrap();
+    let run = fx.env.kiln(["--config", &cfg, "plugins", "list", "--json"]);
+    assert!(out(&run).contains("depth"), "{}", out(&run));
+}
+
+#[test]
+fn credentials_in_a_failing_url_are_redacted() {
+    let fx = Fx::new();
+    let port = kiln_tests::git_server::free_port();
+    let url = format!("https://user:keepthissecret@127.0.0.1:{port}/x.git");
+    let run = fx.resolve(&url, "main", &[]);
+    run.expect_code(1);
+    assert!(!out(&run).contains("keepthissecret"), "{}", out(&run));
+    assert!(out(&run).contains("xxxxx:xxxxx@127.0.0.1"), "{}", out(&run));
 }
