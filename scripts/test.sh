@@ -14,6 +14,8 @@ declare -A needs=(
   [sha256sum]=coreutils
   [tar]=tar
   [openssl]=openssl
+  [base64]=coreutils
+  [gzip]=gzip
 )
 missing=()
 for prog in "${!needs[@]}"; do
