@@ -16,6 +16,7 @@ declare -A needs=(
   [openssl]=openssl
   [base64]=coreutils
   [gzip]=gzip
+  [git-lfs]=git-lfs
 )
 missing=()
 for prog in "${!needs[@]}"; do

@@ -1057,3 +1057,84 @@ fn credentials_in_a_failing_url_are_redacted() {
     assert!(!out(&run).contains("keepthissecret"), "{}", out(&run));
     assert!(out(&run).contains("xxxxx:xxxxx@127.0.0.1"), "{}", out(&run));
 }
+
+fn sha256_hex(data: &[u8]) -> String {
+    kiln_tests::require_program("sha256sum", "coreutils");
+    let mut c = Command::new("sha256sum")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    c.stdin.take().unwrap().write_all(data).unwrap();
+    let out = c.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn lfs_files_are_smudged_or_reported() {
+    kiln_tests::require_program("git-lfs", "git-lfs");
+    let fx = Fx::new();
+    let content = b"large binary content\n".repeat(1000);
+    let oid = sha256_hex(&content);
+    let pointer = format!(
+        "version https://git-lfs.github.com/spec/v1\noid sha256:{oid}\nsize {}\n",
+        content.len()
+    );
+    let r = fx.repo("repo.git");
+    r.write(
+        ".gitattributes",
+        "*.bin filter=lfs diff=lfs merge=lfs -text\n",
+    )
+    .write("data/big.bin", &pointer)
+    .write("plain.txt", "plain\n");
+    r.commit("lfs");
+    r.push();
+    let h = GitHttp::start(&fx.served);
+    h.add_lfs_object(&oid, content.clone());
+    let url = h.url("repo.git");
+
+    for (dest, attrs) in [
+        ("plain", vec![]),
+        ("kept", vec![("git.keepgitdir", "true")]),
+    ] {
+        fx.fetch(&url, "main", &attrs, dest).success();
+        let got = std::fs::read(fx.env.path(dest).join("data/big.bin")).unwrap();
+        assert!(
+            got == content,
+            "{dest}: {:?}",
+            String::from_utf8_lossy(&got[..80.min(got.len())])
+        );
+    }
+    assert!(fx.env.path("kept/.git/lfs/objects").is_dir());
+
+    // Without git-lfs on PATH (and a fresh root, so nothing is cached): the pointer
+    // stays, and the log says why.
+    let fresh = Env::new();
+    let bin = fx.env.path("bin-without-lfs");
+    std::fs::create_dir_all(&bin).unwrap();
+    let git_path = kiln_tests::git_server::which("git");
+    std::os::unix::fs::symlink(git_path, bin.join("git")).unwrap();
+    let d = fx.env.path("nolfs").display().to_string();
+    let run: Run = fresh
+        .command()
+        .env("PATH", &bin)
+        .args(["source", "fetch"])
+        .arg(identifier(&url, "main"))
+        .args(["--attr", &format!("git.fullurl={url}"), "--dest", &d])
+        .output()
+        .unwrap()
+        .into();
+    run.success();
+    let got = std::fs::read_to_string(fx.env.path("nolfs/data/big.bin")).unwrap();
+    assert!(got == pointer, "{} bytes instead of the pointer", got.len());
+    assert!(
+        out(&run).contains("git-lfs is not installed"),
+        "{}",
+        out(&run)
+    );
+}

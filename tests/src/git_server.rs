@@ -227,6 +227,8 @@ struct HttpState {
     /// Sleep this many microseconds after each 16 KiB of a response body.
     throttle_us: AtomicU64,
     sent: AtomicU64,
+    /// Git LFS objects by sha256 hex oid.
+    lfs: Mutex<std::collections::HashMap<String, Vec<u8>>>,
     stop: AtomicBool,
 }
 
@@ -285,6 +287,12 @@ impl GitHttp {
     /// Runs `hook` before serving each request.
     pub fn on_request(&self, hook: impl Fn(&Seen) + Send + Sync + 'static) {
         *self.state.hook.lock().unwrap() = Some(Box::new(hook));
+    }
+
+    /// Serves `data` as the Git LFS object `oid` (sha256 hex) through the LFS batch API
+    /// (`<repo>/info/lfs/objects/batch`, basic transfer).
+    pub fn add_lfs_object(&self, oid: &str, data: Vec<u8>) {
+        self.state.lfs.lock().unwrap().insert(oid.to_string(), data);
     }
 
     /// Slows response bodies down: `micros` of sleep after each 16 KiB (0: off).
@@ -377,6 +385,17 @@ fn serve(stream: TcpStream, st: &HttpState) -> std::io::Result<()> {
                 continue;
             }
         }
+        if path.ends_with("/info/lfs/objects/batch") || path.starts_with("/lfs-objects/") {
+            lfs(
+                &mut out,
+                st,
+                &method,
+                path,
+                &seen.body,
+                header("host").unwrap_or_default(),
+            )?;
+            continue;
+        }
         let mut cgi = Command::new("git");
         cgi.arg("http-backend")
             .env_clear()
@@ -453,6 +472,59 @@ fn serve(stream: TcpStream, st: &HttpState) -> std::io::Result<()> {
     }
 }
 
+/// The Git LFS batch API and object downloads.
+fn lfs(
+    out: &mut TcpStream,
+    st: &HttpState,
+    method: &str,
+    path: &str,
+    body: &[u8],
+    host: String,
+) -> std::io::Result<()> {
+    let (status, ctype, reply) = if method == "POST" {
+        let req: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+        let store = st.lfs.lock().unwrap();
+        let objects: Vec<serde_json::Value> = req["objects"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|o| {
+                let oid = o["oid"].as_str().unwrap_or_default().to_string();
+                if store.contains_key(&oid) {
+                    serde_json::json!({
+                        "oid": oid, "size": o["size"], "authenticated": true,
+                        "actions": {"download": {"href": format!("http://{host}/lfs-objects/{oid}")}}
+                    })
+                } else {
+                    serde_json::json!({"oid": oid, "size": o["size"],
+                        "error": {"code": 404, "message": "object not found"}})
+                }
+            })
+            .collect();
+        let reply = serde_json::json!({"transfer": "basic", "objects": objects});
+        (
+            "200 OK",
+            "application/vnd.git-lfs+json",
+            reply.to_string().into_bytes(),
+        )
+    } else {
+        let oid = path.trim_start_matches("/lfs-objects/");
+        match st.lfs.lock().unwrap().get(oid) {
+            Some(d) => ("200 OK", "application/octet-stream", d.clone()),
+            None => ("404 Not Found", "text/plain", b"no such object".to_vec()),
+        }
+    };
+    out.write_all(
+        format!(
+            "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n\r\n",
+            reply.len()
+        )
+        .as_bytes(),
+    )?;
+    out.write_all(&reply)
+}
+
 /// Decompresses a gzip body with the `gzip` program (request bodies are small).
 fn gunzip(data: &[u8]) -> Vec<u8> {
     let Ok(mut child) = Command::new("gzip")
@@ -484,4 +556,15 @@ pub fn free_port() -> u16 {
         .local_addr()
         .expect("addr")
         .port()
+}
+
+/// The path of `program` on `PATH`; panics naming the Debian package `git` if absent.
+pub fn which(program: &str) -> PathBuf {
+    std::env::var_os("PATH")
+        .and_then(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join(program))
+                .find(|p| p.is_file())
+        })
+        .unwrap_or_else(|| panic!("this test needs `{program}` on PATH: apt-get install git"))
 }

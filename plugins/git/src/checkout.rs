@@ -156,14 +156,13 @@ impl Checkout<'_> {
             Some(progress),
         )?;
         let what = format!("checking out {} of {}", r.commit, self.id.remote);
-        if let Some(branch) = r.fullref.strip_prefix("refs/heads/") {
+        if r.fullref.starts_with("refs/heads/") {
             self.cli.run(
                 None,
                 Some(work),
                 &["symbolic-ref", "HEAD", &r.fullref],
                 &what,
             )?;
-            let _ = branch;
             self.cli.run_with_progress(
                 Some(self.job),
                 Some(work),
@@ -274,6 +273,10 @@ impl Checkout<'_> {
                 "filter.lfs.process=git-lfs filter-process",
                 "-c",
                 "filter.lfs.required=true",
+                "-c",
+                "filter.lfs.clean=git-lfs clean -- %f",
+                "-c",
+                "filter.lfs.smudge=git-lfs smudge -- %f",
                 "lfs",
                 "pull",
             ],

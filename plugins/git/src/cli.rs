@@ -205,6 +205,8 @@ impl GitCli {
         let stderr = std::thread::spawn(move || read_stderr(&mut err, &tx));
         let started = Instant::now();
         let mut killed: Option<(&str, Instant)> = None;
+        // Short calls end in a few milliseconds: poll fast first, then every 25 ms.
+        let mut pause = Duration::from_millis(1);
         let status = loop {
             for (task, cur, total) in rx.try_iter() {
                 if let Some(p) = progress {
@@ -237,7 +239,8 @@ impl GitCli {
                 }
                 Some(_) => {}
             }
-            std::thread::sleep(Duration::from_millis(20));
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(25));
         };
         // Whatever the outcome, nothing of this call may keep running.
         // SAFETY: as above; the group may already be gone.

@@ -128,17 +128,6 @@ impl Repo {
         walk(&self.dir.join("refs"));
     }
 
-    /// Whether the object exists (`cat-file -e`).
-    pub fn has(&self, cli: &GitCli, object: &str) -> bool {
-        cli.run(
-            None,
-            Some(&self.dir),
-            &["cat-file", "-e", "--", object],
-            "cat-file",
-        )
-        .is_ok()
-    }
-
     /// `rev-parse --verify` of `name`.
     pub fn rev_parse(&self, cli: &GitCli, name: &str) -> Option<String> {
         cli.run(
