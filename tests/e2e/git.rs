@@ -1138,3 +1138,34 @@ fn lfs_files_are_smudged_or_reported() {
         out(&run)
     );
 }
+
+#[test]
+fn without_git_the_plugin_is_skipped_with_the_reason() {
+    let env = Env::new();
+    let empty = env.path("empty-path");
+    std::fs::create_dir_all(&empty).unwrap();
+    let run: Run = env
+        .command()
+        .env("PATH", &empty)
+        .args(["plugins", "list", "--json"])
+        .output()
+        .unwrap()
+        .into();
+    run.success();
+    let list = run.json();
+    let git = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["id"] == "io.kiln.source.v1.git")
+        .unwrap_or_else(|| panic!("{list}"))
+        .clone();
+    assert_eq!(git["status"], "skipped", "{git}");
+    assert!(
+        git["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("apt-get install git"),
+        "{git}"
+    );
+}

@@ -97,6 +97,8 @@ impl Checkout<'_> {
                 Some(self.job),
                 Some(work),
                 &[
+                    "-c",
+                    "checkout.workers=0",
                     "checkout",
                     "--progress",
                     "--force",
@@ -167,6 +169,8 @@ impl Checkout<'_> {
                 Some(self.job),
                 Some(work),
                 &[
+                    "-c",
+                    "checkout.workers=0",
                     "checkout",
                     "--progress",
                     "--force",
@@ -182,7 +186,15 @@ impl Checkout<'_> {
             self.cli.run_with_progress(
                 Some(self.job),
                 Some(work),
-                &["checkout", "--progress", "--force", "--detach", &r.commit],
+                &[
+                    "-c",
+                    "checkout.workers=0",
+                    "checkout",
+                    "--progress",
+                    "--force",
+                    "--detach",
+                    &r.commit,
+                ],
                 &what,
                 Some(progress),
             )?;
