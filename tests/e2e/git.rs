@@ -440,6 +440,20 @@ fn submodules_and_file_submodules_refused() {
     run.expect_code(1);
     assert!(out(&run).contains("'file' not allowed"), "{}", out(&run));
     assert!(!fx.env.path("evil/stolen/libfile").exists());
+
+    // Nor may a submodule run a command through the ext:: transport.
+    let marker = fx.env.path("ext-ran");
+    let ext = fx.repo("ext.git");
+    ext.write("e", "e\n");
+    ext.git(&["submodule", "add", "-q", &lib_bare, "cmd"]);
+    let cmd_url = format!("ext::sh -c touch% {}", marker.display());
+    ext.git(&["config", "-f", ".gitmodules", "submodule.cmd.url", &cmd_url]);
+    ext.commit("ext submodule");
+    ext.push();
+    let run = fx.fetch(&d.url("ext.git"), "main", &[], "ext");
+    run.expect_code(1);
+    assert!(out(&run).contains("'ext' not allowed"), "{}", out(&run));
+    assert!(!marker.exists());
 }
 
 #[test]
@@ -1167,5 +1181,78 @@ fn without_git_the_plugin_is_skipped_with_the_reason() {
             .unwrap_or_default()
             .contains("apt-get install git"),
         "{git}"
+    );
+}
+
+#[test]
+fn one_build_resolves_a_ref_once_even_if_it_moves() {
+    let fx = Fx::new();
+    let r = fx.repo("repo.git");
+    r.write("a/x", "old-a\n").write("b/y", "old-b\n");
+    let old = r.commit("old");
+    r.push();
+    let h = GitHttp::start(&fx.served);
+    let url = h.url("repo.git");
+    let (bare, work) = (r.bare.clone(), r.work.clone());
+    let lists = std::sync::atomic::AtomicUsize::new(0);
+    // main moves right after the first ref listing of the build.
+    h.on_request(move |seen| {
+        if seen.method == "GET"
+            && seen.target.contains("info/refs")
+            && lists.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 1
+        {
+            std::fs::write(work.join("a/x"), "new-a\n").unwrap();
+            std::fs::write(work.join("b/y"), "new-b\n").unwrap();
+            git(&work, &["commit", "-qam", "new"]);
+            let b = bare.display().to_string();
+            git(&work, &["push", "-q", "--force", &b, "main"]);
+        }
+    });
+    let def = fx.env.write(
+        "proj/kiln.build.toml",
+        format!(
+            r#"version = 1
+[steps.a]
+source = "{}"
+attrs = {{ "git.fullurl" = "{url}" }}
+[steps.b]
+source = "{}"
+attrs = {{ "git.fullurl" = "{url}" }}
+[steps.all]
+merge = ["a", "b"]
+[output]
+step = "all"
+"#,
+            identifier(&url, "main:a"),
+            identifier(&url, "main:b")
+        ),
+    );
+    let meta = fx.env.path("meta.json");
+    let run = fx.env.kiln([
+        "build".to_string(),
+        def.display().to_string(),
+        "--output".into(),
+        format!("type=local,dest={}", fx.env.path("out").display()),
+        "--metadata-file".into(),
+        meta.display().to_string(),
+    ]);
+    run.success();
+    assert_eq!(
+        std::fs::read_to_string(fx.env.path("out/x")).unwrap(),
+        "old-a\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(fx.env.path("out/y")).unwrap(),
+        "old-b\n"
+    );
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(meta).unwrap()).unwrap();
+    for s in meta["sources"].as_array().unwrap() {
+        assert_eq!(s["pin"], old.as_str(), "{meta}");
+    }
+    assert_ne!(
+        git(&r.bare, &["rev-parse", "main"]),
+        old,
+        "main moved during the build"
     );
 }

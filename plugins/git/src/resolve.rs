@@ -13,7 +13,7 @@
 //! remote moves meanwhile.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use kiln_plugin_api::{Job, PluginError, Result};
 
@@ -203,53 +203,56 @@ fn valid_sha(s: &str) -> Result<String> {
     }
 }
 
-/// Answers by job id, then by `remote#ref…`.
-type JobAnswers = HashMap<String, HashMap<String, Resolved>>;
+/// One answer slot: filled once; concurrent askers wait on its lock.
+type Slot = Arc<Mutex<Option<Resolved>>>;
+
+/// Answer slots by job id, then by `remote#ref…`.
+type JobAnswers = HashMap<String, HashMap<String, Slot>>;
 
 /// How many jobs' answers are kept.
 const JOBS_KEPT: usize = 64;
 
 /// Answers per job id and `remote#ref` (plus checksum and fetch mode), so a ref is
-/// resolved once per build.
+/// resolved once per build: concurrent steps asking for the same ref wait for the one
+/// `ls-remote` in flight and share its answer.
 #[derive(Default)]
 pub struct Memo {
     inner: Mutex<(VecDeque<String>, JobAnswers)>,
 }
 
 impl Memo {
-    /// The answer for `key` in `job`, computing it with `f` at most once per job (the
-    /// lock is not held while `f` runs; the first stored answer wins).
+    /// The answer for `key` in `job`, computing it with `f` at most once per job (a
+    /// failure is not kept: the next asker tries again).
     pub fn get_or(
         &self,
         job: &str,
         key: &str,
         f: impl FnOnce() -> Result<Resolved>,
     ) -> Result<Resolved> {
-        if let Some(r) = self.get(job, key) {
-            return Ok(r);
-        }
-        let r = f()?;
-        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        let (order, map) = &mut *g;
-        if !map.contains_key(job) {
-            order.push_back(job.to_string());
-            if order.len() > JOBS_KEPT {
-                if let Some(old) = order.pop_front() {
-                    map.remove(&old);
+        let slot = {
+            let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+            let (order, map) = &mut *g;
+            if !map.contains_key(job) {
+                order.push_back(job.to_string());
+                if order.len() > JOBS_KEPT {
+                    if let Some(old) = order.pop_front() {
+                        map.remove(&old);
+                    }
                 }
             }
+            map.entry(job.to_string())
+                .or_default()
+                .entry(key.to_string())
+                .or_default()
+                .clone()
+        };
+        let mut answer = slot.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(r) = answer.as_ref() {
+            return Ok(r.clone());
         }
-        Ok(map
-            .entry(job.to_string())
-            .or_default()
-            .entry(key.to_string())
-            .or_insert(r)
-            .clone())
-    }
-
-    fn get(&self, job: &str, key: &str) -> Option<Resolved> {
-        let g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        g.1.get(job).and_then(|m| m.get(key)).cloned()
+        let r = f()?;
+        *answer = Some(r.clone());
+        Ok(r)
     }
 }
 
