@@ -449,6 +449,28 @@ fn io_err(doing: &str, p: &Path, e: std::io::Error) -> PluginError {
     PluginError::internal(format!("git checkout: {doing} {}: {e}", p.display()))
 }
 
+/// Removes entries of `tmp` older than a day: throw-away git directories and
+/// known_hosts files of processes that were killed.
+pub fn clean_stale(tmp: &Path) {
+    let day = std::time::Duration::from_secs(24 * 3600);
+    for e in std::fs::read_dir(tmp).into_iter().flatten().flatten() {
+        let old = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > day);
+        if old {
+            let p = e.path();
+            let _ = if p.is_dir() {
+                std::fs::remove_dir_all(&p)
+            } else {
+                std::fs::remove_file(&p)
+            };
+        }
+    }
+}
+
 /// A temporary directory path (not created).
 pub fn tmp_name(base: &Path, prefix: &str) -> PathBuf {
     base.join(format!("{prefix}-{}", random_suffix()))

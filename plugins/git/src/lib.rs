@@ -245,6 +245,7 @@ impl SourceInstance for GitStep {
             }
         };
         let tmp = self.shared.state.join("tmp");
+        checkout::clean_stale(&tmp);
         let done = checkout::Checkout {
             cli: &cli,
             repo: &repo,
