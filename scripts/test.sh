@@ -16,6 +16,11 @@ declare -A needs=(
   [openssl]=openssl
   [docker-registry]=docker-registry
   [htpasswd]=apache2-utils
+  [base64]=coreutils
+  [gzip]=gzip
+  [git-lfs]=git-lfs
+  [runc]=runc
+  [busybox]=busybox-static
 )
 missing=()
 for prog in "${!needs[@]}"; do
