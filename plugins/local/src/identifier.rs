@@ -366,11 +366,15 @@ mod tests {
         use super::*;
         use crate::LocalSource;
         use kiln_plugin_api::testing::{FakeHost, FakeJob};
-        use kiln_plugin_api::Source;
+        use kiln_plugin_api::{Plugin, Source};
 
-        fn step(attrs: &[(&str, &str)]) -> Box<dyn kiln_plugin_api::SourceInstance> {
-            let id = LocalSource.identifier(&req("ctx", attrs)).unwrap();
-            LocalSource.resolve(id).unwrap()
+        fn step(
+            host: &FakeHost,
+            attrs: &[(&str, &str)],
+        ) -> Box<dyn kiln_plugin_api::SourceInstance> {
+            let source = LocalSource::new("", host.host()).unwrap();
+            let id = source.identifier(&req("ctx", attrs)).unwrap();
+            source.resolve(id).unwrap()
         }
 
         #[test]
@@ -381,7 +385,7 @@ mod tests {
             std::fs::write(src.join("a.txt"), "a").unwrap();
             std::fs::write(src.join("sub/b.log"), "b").unwrap();
             let fake = FakeJob::new().with_local_dir("ctx", &src);
-            let s = step(&[(ATTR_EXCLUDE, r#"["*.log", "sub/*.log"]"#)]);
+            let s = step(&host, &[(ATTR_EXCLUDE, r#"["*.log", "sub/*.log"]"#)]);
             let key = s.cache_key(0, &fake.job()).unwrap();
             assert!(key.key.starts_with("session:ctx:"), "{key:?}");
             assert!(key.done);
@@ -399,7 +403,7 @@ mod tests {
         #[test]
         fn unmapped_name_and_cancellation() {
             let host = FakeHost::new();
-            let s = step(&[]);
+            let s = step(&host, &[]);
             let e = s
                 .snapshot(&host.staging_dir(), &FakeJob::new().job())
                 .unwrap_err();
@@ -414,8 +418,9 @@ mod tests {
         #[test]
         fn the_key_depends_on_the_options_not_the_session_name_only() {
             let fake = FakeJob::new().with_id("job-1");
-            let a = step(&[]).cache_key(0, &fake.job()).unwrap();
-            let b = step(&[(ATTR_EXCLUDE, r#"["x"]"#)])
+            let host = FakeHost::new();
+            let a = step(&host, &[]).cache_key(0, &fake.job()).unwrap();
+            let b = step(&host, &[(ATTR_EXCLUDE, r#"["x"]"#)])
                 .cache_key(0, &fake.job())
                 .unwrap();
             assert_ne!(a.key, b.key);
