@@ -40,6 +40,7 @@
 //! A refused or failed entry ends the layer with an [`UnpackError`] naming it; the tree is
 //! then partly applied, so callers unpack into a scratch directory they discard on error.
 
+mod stream;
 mod tar;
 mod tree;
 
@@ -52,6 +53,7 @@ use std::hash::{BuildHasher, RandomState};
 use std::io::{self, BufReader, Read};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::Path;
+use std::sync::mpsc;
 
 use rustix::fs::{
     chmodat, chownat, fchmod, fchown, fsetxattr, futimens, linkat, lsetxattr, makedev, mkdirat,
@@ -61,6 +63,7 @@ use rustix::fs::{Gid, Uid};
 use rustix::io::Errno;
 use sha2::{Digest, Sha256};
 
+use self::stream::ChunkReader;
 use self::tar::{Header, Kind, TarError, TarReader, Time};
 use self::tree::{ioerr, Tree, DIR_FLAGS};
 
@@ -186,43 +189,96 @@ pub fn apply_layer<R: Read>(
             format!("opening the unpack directory: {e}"),
         )
     })?;
-    let mut applier = Applier::new(tree, opts);
-    let drain_err = |e: io::Error| UnpackError::new("layer stream", format!("reading: {e}"));
-    let stats = match compression {
-        Compression::None => applier.run(reader)?,
+    let (tx, rx) = mpsc::sync_channel::<stream::Chunk>(stream::IN_FLIGHT);
+    let (recycle_tx, recycle_rx) = mpsc::channel::<Vec<u8>>();
+    let mut digest = stream::Digested {
+        hasher: Sha256::new(),
+        bytes: 0,
+    };
+    let (pumped, applied) = std::thread::scope(|scope| {
+        let worker = std::thread::Builder::new()
+            .name("kiln-unpack".into())
+            .spawn_scoped(scope, move || {
+                let mut applier = Applier::new(tree, opts);
+                applier.apply_tar(ChunkReader::new(rx, recycle_tx))
+            });
+        let worker = match worker {
+            Ok(w) => w,
+            Err(e) => {
+                let err =
+                    UnpackError::new("layer stream", format!("starting the unpack thread: {e}"));
+                return (Ok(()), Err(err));
+            }
+        };
+        let pumped = decompress_into(reader, compression, &tx, &recycle_rx, &mut digest);
+        drop(tx); // end of stream for the worker
+        let applied = match worker.join() {
+            Ok(r) => r,
+            Err(panic) => std::panic::resume_unwind(panic),
+        };
+        (pumped, applied)
+    });
+    // The worker's error names the entry; it comes first.
+    let entries = applied?;
+    match pumped {
+        Ok(()) => {}
+        Err(stream::PumpError::Read(e)) => {
+            return Err(UnpackError::new(
+                "layer stream",
+                format!("reading after the end of the tar: {e}"),
+            ))
+        }
+        Err(stream::PumpError::WorkerGone) => {
+            return Err(UnpackError::new(
+                "layer stream",
+                "the unpack thread stopped early",
+            ))
+        }
+    }
+    Ok(LayerStats {
+        diff_id: format!("sha256:{}", hex(&digest.hasher.finalize())),
+        entries,
+        uncompressed_bytes: digest.bytes,
+    })
+}
+
+/// The producer half: decompresses `reader` into the channel, hashing as it goes, then
+/// reads the compressed reader to its EOF.
+fn decompress_into<R: Read>(
+    reader: R,
+    compression: Compression,
+    tx: &mpsc::SyncSender<stream::Chunk>,
+    recycled: &mpsc::Receiver<Vec<u8>>,
+    digest: &mut stream::Digested,
+) -> Result<(), stream::PumpError> {
+    use stream::PumpError::Read as ReadErr;
+    match compression {
+        Compression::None => {
+            let mut reader = reader;
+            stream::pump(&mut reader, tx, recycled, digest)
+        }
         Compression::Gzip => {
             let mut dec =
                 flate2::bufread::MultiGzDecoder::new(BufReader::with_capacity(BUF_SIZE, reader));
-            let stats = applier.run(&mut dec)?;
-            io::copy(&mut dec.into_inner(), &mut io::sink()).map_err(drain_err)?;
-            stats
+            stream::pump(&mut dec, tx, recycled, digest)?;
+            io::copy(&mut dec.into_inner(), &mut io::sink()).map_err(ReadErr)?;
+            Ok(())
         }
         Compression::Zstd => {
-            let mut dec = zstd::stream::read::Decoder::with_buffer(BufReader::with_capacity(
+            let dec = zstd::stream::read::Decoder::with_buffer(BufReader::with_capacity(
                 BUF_SIZE, reader,
-            ))
-            .map_err(|e| UnpackError::new("layer stream", format!("zstd: {e}")))?;
-            let stats = applier.run(&mut dec)?;
-            io::copy(&mut dec.finish(), &mut io::sink()).map_err(drain_err)?;
-            stats
+            ));
+            let mut dec = match dec {
+                Ok(d) => d,
+                Err(e) => {
+                    let _ = tx.send(Err(io::Error::new(e.kind(), format!("zstd: {e}"))));
+                    return Err(ReadErr(e));
+                }
+            };
+            stream::pump(&mut dec, tx, recycled, digest)?;
+            io::copy(&mut dec.finish(), &mut io::sink()).map_err(ReadErr)?;
+            Ok(())
         }
-    };
-    Ok(stats)
-}
-
-/// A reader that hashes and counts what passes through it.
-struct HashReader<R> {
-    inner: R,
-    hasher: Sha256,
-    bytes: u64,
-}
-
-impl<R: Read> Read for HashReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.bytes += n as u64;
-        Ok(n)
     }
 }
 
@@ -273,51 +329,40 @@ impl<'o> Applier<'o> {
         }
     }
 
-    /// Reads the uncompressed tar stream to its end and applies every entry.
-    fn run<D: Read>(&mut self, decompressed: D) -> Result<LayerStats, UnpackError> {
-        let mut hashing = HashReader {
-            inner: decompressed,
-            hasher: Sha256::new(),
-            bytes: 0,
-        };
+    /// Reads the uncompressed tar stream to its end and applies every entry; the number of
+    /// entries read.
+    fn apply_tar(&mut self, src: ChunkReader) -> Result<u64, UnpackError> {
         let mut entries: u64 = 0;
-        {
-            let mut tar = TarReader::new(BufReader::with_capacity(BUF_SIZE, &mut hashing));
-            let mut h = Header::default();
-            loop {
-                match tar.next(&mut h) {
-                    Ok(true) => {}
-                    Ok(false) => break,
-                    Err(e) => {
-                        let at = if entries == 0 {
-                            "layer stream (first tar header)".to_string()
-                        } else {
-                            format!("tar header after {}", display_path(&h.path))
-                        };
-                        return Err(UnpackError::new(at, tar_reason(e)));
-                    }
+        let mut tar = TarReader::new(src);
+        let mut h = Header::default();
+        loop {
+            match tar.next(&mut h) {
+                Ok(true) => {}
+                Ok(false) => break,
+                Err(e) => {
+                    let at = if entries == 0 {
+                        "layer stream (first tar header)".to_string()
+                    } else {
+                        format!("tar header after {}", display_path(&h.path))
+                    };
+                    return Err(UnpackError::new(at, tar_reason(e)));
                 }
-                entries += 1;
-                self.entry(&h, &mut tar)
-                    .map_err(|reason| UnpackError::new(display_path(&h.path), reason))?;
             }
-            // After the end-of-archive: the rest of the decompressed stream (padding to a
-            // record, trailing zero blocks) is part of the diff ID.
-            io::copy(tar.get_mut(), &mut io::sink()).map_err(|e| {
-                UnpackError::new(
-                    "layer stream",
-                    format!("reading after the end of the tar: {e}"),
-                )
-            })?;
+            entries += 1;
+            self.entry(&h, &mut tar)
+                .map_err(|reason| UnpackError::new(display_path(&h.path), reason))?;
         }
+        // After the end-of-archive: the rest of the stream (padding to a record, trailing
+        // zero blocks) is read too; the producer hashes it into the diff ID.
+        tar.get_mut().drain().map_err(|e| {
+            UnpackError::new(
+                "layer stream",
+                format!("reading after the end of the tar: {e}"),
+            )
+        })?;
         self.finish_dirs()?;
         self.log_skips();
-        let digest = hashing.hasher.finalize();
-        Ok(LayerStats {
-            diff_id: format!("sha256:{}", hex(&digest)),
-            entries,
-            uncompressed_bytes: hashing.bytes,
-        })
+        Ok(entries)
     }
 
     /// Applies one entry; the error is the reason (the caller names the entry).

@@ -1039,3 +1039,43 @@ fn unprivileged_unpack_skips_owners_devices_and_privileged_xattrs() {
     assert!(rustix::fs::lgetxattr(s.p("capped"), "security.capability", &mut buf[..]).is_err());
     fs::set_permissions(s.p("locked"), fs::Permissions::from_mode(0o755)).unwrap();
 }
+
+#[test]
+fn early_refusal_with_much_left_to_read_stops_cleanly() {
+    // The entry is refused while the producer still has many chunks to hand over: neither
+    // side may wait for the other forever, and the refusal is the error reported.
+    let mut l = Layer::new();
+    l.file("../escape", "x");
+    let mut x = 1u32;
+    let big: String = (0..(8 * stream::CHUNK))
+        .map(|_| {
+            x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+            char::from(b'a' + (x >> 24) as u8 % 26)
+        })
+        .collect();
+    l.file("big", &big);
+    let tar = l.tar();
+    for (c, blob) in [
+        (Compression::None, tar.clone()),
+        (Compression::Gzip, gzip(&tar)),
+        (Compression::Zstd, zstd(&tar)),
+    ] {
+        let s = Scratch::new();
+        let err = apply_layer(&s.root, blob.as_slice(), c, &opts()).unwrap_err();
+        assert_eq!(err.entry(), "../escape", "{c:?}: {err}");
+    }
+}
+
+#[test]
+fn corrupt_data_inside_a_file_names_the_file() {
+    let mut l = Layer::new();
+    l.file("small", "s");
+    l.file("big", &"0123456789".repeat(300_000));
+    let tar = l.tar();
+    let mut zst = zstd(&tar);
+    // Cut the stream in the middle of big's data.
+    zst.truncate(zst.len() / 2);
+    let s = Scratch::new();
+    let err = apply_layer(&s.root, zst.as_slice(), Compression::Zstd, &opts()).unwrap_err();
+    assert_eq!(err.entry(), "big", "{err}");
+}
