@@ -56,8 +56,9 @@ use std::path::Path;
 use std::sync::mpsc;
 
 use rustix::fs::{
-    chmodat, chownat, fchmod, fchown, fsetxattr, futimens, linkat, lsetxattr, makedev, mkdirat,
-    mknodat, openat, symlinkat, utimensat, AtFlags, FileType, Mode, OFlags, Timestamps, XattrFlags,
+    chmodat, chownat, fchmod, fchown, fsetxattr, fstat, futimens, linkat, lsetxattr, makedev,
+    mkdirat, mknodat, openat, symlinkat, utimensat, AtFlags, FileType, Mode, OFlags, Timestamps,
+    XattrFlags,
 };
 use rustix::fs::{Gid, Uid};
 use rustix::io::Errno;
@@ -285,7 +286,8 @@ fn decompress_into<R: Read>(
 /// Metadata of a directory applied after the whole layer is written.
 struct DirMeta {
     mode: u32,
-    mtime: Time,
+    /// `None` for a lower-layer directory only made writable for a while.
+    mtime: Option<Time>,
     /// The mode still has to be set (it was widened to let a non-root user write children).
     mode_pending: bool,
 }
@@ -305,6 +307,8 @@ struct Applier<'o> {
     layer: HashSet<u64>,
     hasher: RandomState,
     dirs: HashMap<Vec<u8>, DirMeta>,
+    /// The directory [`Applier::ensure_writable`] looked at last.
+    writable_checked: Option<Vec<u8>>,
     skipped_owners: u64,
     skipped_devices: u64,
     skipped_xattrs: u64,
@@ -322,6 +326,7 @@ impl<'o> Applier<'o> {
             layer: HashSet::new(),
             hasher: RandomState::new(),
             dirs: HashMap::new(),
+            writable_checked: None,
             skipped_owners: 0,
             skipped_devices: 0,
             skipped_xattrs: 0,
@@ -406,6 +411,7 @@ impl<'o> Applier<'o> {
             .dir(parent, true)
             .map_err(|e| format!("resolving its parent directory: {e}"))?
             .ok_or_else(|| "parent directory missing".to_string())?;
+        self.ensure_writable(parent, dir.as_fd())?;
         self.mark(path);
 
         match h.kind {
@@ -413,7 +419,7 @@ impl<'o> Applier<'o> {
                 let fd = self.make_dir(dir.as_fd(), base, h)?;
                 let meta = DirMeta {
                     mode: h.mode,
-                    mtime: h.mtime,
+                    mtime: Some(h.mtime),
                     mode_pending: !self.is_root,
                 };
                 self.dirs.insert(path.to_vec(), meta);
@@ -463,6 +469,34 @@ impl<'o> Applier<'o> {
             }
         }
         self.tree.keep(parent, dir);
+        Ok(())
+    }
+
+    /// As non-root: a lower-layer directory the user owns but may not write into (mode
+    /// 0555, say) is made owner-writable while the layer is applied, and its mode is put
+    /// back at the end. Root writes anywhere; nothing to do.
+    fn ensure_writable(&mut self, path: &[u8], dir: BorrowedFd<'_>) -> Result<(), String> {
+        if self.is_root || self.writable_checked.as_deref() == Some(path) {
+            return Ok(());
+        }
+        let st = fstat(dir).map_err(|e| format!("inspecting its directory: {}", ioerr(e)))?;
+        let mode = st.st_mode & 0o7777;
+        if mode & 0o700 != 0o700 && st.st_uid == rustix::process::geteuid().as_raw() {
+            fchmod(dir, Mode::from_raw_mode(mode | 0o700))
+                .map_err(|e| format!("making its directory writable: {}", ioerr(e)))?;
+            self.dirs.entry(path.to_vec()).or_insert(DirMeta {
+                mode,
+                mtime: None,
+                mode_pending: true,
+            });
+        }
+        match &mut self.writable_checked {
+            Some(p) => {
+                p.clear();
+                p.extend_from_slice(path);
+            }
+            None => self.writable_checked = Some(path.to_vec()),
+        }
         Ok(())
     }
 
@@ -629,6 +663,7 @@ impl<'o> Applier<'o> {
         else {
             return Ok(()); // nothing below to hide
         };
+        self.ensure_writable(parent, dir.as_fd())?;
         self.tree.invalidate();
         tree::remove_if_exists(dir.as_fd(), name)
             .map_err(|e| format!("removing {}: {e}", display_path(&target)))?;
@@ -645,6 +680,7 @@ impl<'o> Applier<'o> {
         else {
             return Ok(());
         };
+        self.ensure_writable(dir_path, dir.as_fd())?;
         self.tree.invalidate();
         let mut path = dir_path.to_vec();
         let keep_fd = dir.try_clone().map_err(|e| e.to_string())?;
@@ -782,7 +818,9 @@ impl<'o> Applier<'o> {
             if meta.mode_pending {
                 fchmod(&fd, Mode::from_raw_mode(meta.mode)).map_err(|e| fail("mode", e))?;
             }
-            futimens(&fd, &timestamps(meta.mtime)).map_err(|e| fail("mtime", e))?;
+            if let Some(mtime) = meta.mtime {
+                futimens(&fd, &timestamps(mtime)).map_err(|e| fail("mtime", e))?;
+            }
         }
         Ok(())
     }

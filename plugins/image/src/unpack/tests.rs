@@ -1041,6 +1041,44 @@ fn unprivileged_unpack_skips_owners_devices_and_privileged_xattrs() {
 }
 
 #[test]
+fn unprivileged_unpack_writes_into_read_only_lower_directories() {
+    let s = Scratch::new();
+    if rustix::process::geteuid().is_root() {
+        let area = s.root.parent().unwrap();
+        fs::set_permissions(area, fs::Permissions::from_mode(0o755)).unwrap();
+        rustix::fs::chown(
+            &s.root,
+            Some(Uid::from_raw(65534)),
+            Some(Gid::from_raw(65534)),
+        )
+        .unwrap();
+    }
+    let apply = |tar: Vec<u8>| {
+        let opts = UnpackOptions::default();
+        as_unprivileged(|| apply_layer(&s.root, tar.as_slice(), Compression::None, &opts))
+    };
+    let mut l = Layer::new();
+    l.entry(b"ro/", EntryType::Directory, 0o555, b"", b"");
+    l.entry(b"ro/old", EntryType::Regular, 0o444, b"", b"old");
+    l.entry(b"ro/gone/", EntryType::Directory, 0o555, b"", b"");
+    l.entry(b"ro/gone/f", EntryType::Regular, 0o444, b"", b"f");
+    l.entry(b"ro/closed/", EntryType::Directory, 0o000, b"", b"");
+    apply(l.tar()).unwrap();
+
+    let mut l = Layer::new();
+    l.file("ro/new", "new")
+        .file("ro/.wh.gone", "")
+        .file("ro/.wh.closed", "")
+        .file("ro/old", "replaced");
+    apply(l.tar()).unwrap();
+    assert_eq!(s.names(), ["ro", "ro/new", "ro/old"]);
+    assert_eq!(fs::read_to_string(s.p("ro/old")).unwrap(), "replaced");
+    let ro = fs::metadata(s.p("ro")).unwrap();
+    assert_eq!(ro.permissions().mode() & 0o7777, 0o555);
+    assert_eq!(ro.uid(), fs::metadata(&s.root).unwrap().uid());
+}
+
+#[test]
 fn early_refusal_with_much_left_to_read_stops_cleanly() {
     // The entry is refused while the producer still has many chunks to hand over: neither
     // side may wait for the other forever, and the refusal is the error reported.

@@ -186,6 +186,12 @@ pub(crate) fn kind_at(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<Option<Fil
 /// followed: a symlink is removed, not its target.
 pub(crate) fn remove_at(dir: BorrowedFd<'_>, name: &[u8], kind: FileType) -> io::Result<()> {
     if kind == FileType::Directory {
+        // A read-only directory (from a lower layer) must be readable and writable to be
+        // emptied by a non-root owner; it goes away, so its mode does not matter. The name
+        // was just seen to be a directory (not a link). A failure shows at the open below.
+        if !rustix::process::geteuid().is_root() {
+            let _ = rustix::fs::chmodat(dir, name, Mode::from_raw_mode(0o700), AtFlags::empty());
+        }
         let sub = openat(dir, name, DIR_FLAGS, Mode::empty()).map_err(ioerr)?;
         clear_dir(sub, &mut |_, _| false)?;
         unlinkat(dir, name, AtFlags::REMOVEDIR).map_err(ioerr)
