@@ -429,8 +429,8 @@ impl<'o> Applier<'o> {
             }
             Kind::File => self.make_file(dir.as_fd(), base, h, tar)?,
             Kind::Symlink => {
-                if h.link.is_empty() {
-                    return Err("symlink with an empty target".into());
+                if h.link.is_empty() || h.link.contains(&0) {
+                    return Err("symlink with an empty target or a NUL byte in it".into());
                 }
                 self.create(dir.as_fd(), base, |d| symlinkat(h.link.as_slice(), d, base))
                     .map_err(|e| format!("creating symlink: {e}"))?;
@@ -855,6 +855,9 @@ fn clean_path(raw: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
             "name of {} bytes is longer than the limit of {MAX_NAME}",
             raw.len()
         ));
+    }
+    if raw.contains(&0) {
+        return Err("name contains a NUL byte".into());
     }
     if raw.first() == Some(&b'/') {
         return Err("absolute name refused (layer entries are relative to the root)".into());

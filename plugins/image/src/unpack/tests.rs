@@ -1117,3 +1117,155 @@ fn corrupt_data_inside_a_file_names_the_file() {
     let err = apply_layer(&s.root, zst.as_slice(), Compression::Zstd, &opts()).unwrap_err();
     assert_eq!(err.entry(), "big", "{err}");
 }
+
+/// Everything a layer carries about each entry below `root`: type, mode, mtime, content or
+/// link target, `user.*` xattrs, and which entries share an inode.
+fn tree_state(root: &Path) -> BTreeMap<String, String> {
+    let mut m = BTreeMap::new();
+    let mut inodes: BTreeMap<u64, String> = BTreeMap::new();
+    let mut paths = Vec::new();
+    walk(root, &mut |p| paths.push(p.to_path_buf()));
+    paths.sort();
+    for p in paths {
+        if p == root {
+            continue;
+        }
+        let rel = p.strip_prefix(root).unwrap().display().to_string();
+        let md = fs::symlink_metadata(&p).unwrap();
+        let ft = md.file_type();
+        let what = if ft.is_symlink() {
+            format!("link {}", fs::read_link(&p).unwrap().display())
+        } else if ft.is_file() {
+            let first = inodes
+                .entry(md.ino())
+                .or_insert_with(|| rel.clone())
+                .clone();
+            format!("file {} same-as {first}", sha256(&fs::read(&p).unwrap()))
+        } else if ft.is_dir() {
+            "dir".to_string()
+        } else if ft.is_fifo() {
+            "fifo".to_string()
+        } else {
+            format!("other {:?}", ft)
+        };
+        let mut xattrs = Vec::new();
+        if !ft.is_symlink() {
+            let mut names = vec![0u8; 4096];
+            let n = rustix::fs::llistxattr(&p, &mut names[..]).unwrap();
+            for name in names[..n]
+                .split(|&b| b == 0)
+                .filter(|n| n.starts_with(b"user."))
+            {
+                let mut v = vec![0u8; 4096];
+                let k = rustix::fs::lgetxattr(&p, name, &mut v[..]).unwrap();
+                xattrs.push(format!(
+                    "{}={}",
+                    String::from_utf8_lossy(name),
+                    String::from_utf8_lossy(&v[..k])
+                ));
+            }
+        }
+        let mode = if ft.is_symlink() {
+            0
+        } else {
+            md.mode() & 0o7777
+        };
+        m.insert(
+            rel,
+            format!(
+                "{what} mode {mode:o} mtime {}.{:09} {xattrs:?}",
+                md.mtime(),
+                md.mtime_nsec()
+            ),
+        );
+    }
+    m
+}
+
+#[test]
+fn gnu_tar_posix_layer_round_trips() {
+    assert!(
+        std::process::Command::new("tar")
+            .arg("--version")
+            .output()
+            .is_ok(),
+        "this test needs GNU tar: apt-get install tar"
+    );
+    let src = tempfile::tempdir().unwrap();
+    let s = src.path();
+    let long_dir = format!("{}/{}", "long-directory-name-".repeat(6), "x".repeat(120));
+    fs::create_dir_all(s.join(&long_dir)).unwrap();
+    fs::write(s.join(&long_dir).join("f"), "in a long path").unwrap();
+    fs::create_dir_all(s.join("a/b")).unwrap();
+    for (name, len) in [
+        ("empty", 0),
+        ("one", 1),
+        ("511", 511),
+        ("512", 512),
+        ("513", 513),
+    ] {
+        fs::write(s.join("a").join(name), "z".repeat(len)).unwrap();
+    }
+    let big: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    fs::write(s.join("a/b/big"), &big).unwrap();
+    fs::write(s.join("a/ünïcode name"), "utf-8").unwrap();
+    fs::write(s.join("a/suid"), "s").unwrap();
+    fs::set_permissions(s.join("a/suid"), fs::Permissions::from_mode(0o4755)).unwrap();
+    fs::set_permissions(s.join("a/b"), fs::Permissions::from_mode(0o750)).unwrap();
+    fs::hard_link(s.join("a/b/big"), s.join("a/big-link")).unwrap();
+    std::os::unix::fs::symlink("b/big", s.join("a/rel")).unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", s.join("a/abs")).unwrap();
+    std::os::unix::fs::symlink(&long_dir, s.join("long-target")).unwrap();
+    rustix::fs::mkfifoat(
+        rustix::fs::CWD,
+        s.join("a/fifo"),
+        Mode::from_raw_mode(0o640),
+    )
+    .unwrap();
+    rustix::fs::setxattr(
+        s.join("a/one"),
+        "user.kiln",
+        b"xattr value",
+        XattrFlags::empty(),
+    )
+    .unwrap();
+    // mtimes with nanoseconds, directories last.
+    let mut paths = Vec::new();
+    walk(s, &mut |p| paths.push(p.to_path_buf()));
+    paths.reverse();
+    for (i, p) in paths.iter().enumerate() {
+        let t = Timestamps {
+            last_access: rustix::fs::Timespec {
+                tv_sec: 1_500_000_000 + i as i64,
+                tv_nsec: 123_456_789,
+            },
+            last_modification: rustix::fs::Timespec {
+                tv_sec: 1_500_000_000 + i as i64,
+                tv_nsec: 123_456_789,
+            },
+        };
+        utimensat(rustix::fs::CWD, p, &t, AtFlags::SYMLINK_NOFOLLOW).unwrap();
+    }
+
+    let out = std::process::Command::new("tar")
+        .args([
+            "--format=posix",
+            "--xattrs",
+            "--xattrs-include=user.*",
+            "--numeric-owner",
+        ])
+        .arg("-C")
+        .arg(s)
+        .args(["-cf", "-", "."])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let d = Scratch::new();
+    let stats = d.apply(&out.stdout).unwrap();
+    assert_eq!(stats.diff_id, sha256(&out.stdout));
+    assert_eq!(tree_state(&d.root), tree_state(s));
+}
