@@ -26,7 +26,9 @@
 //! - Parent directories are resolved by the kernel inside the root (`openat2` with
 //!   `RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS`): a symlink met on the way, whether this layer
 //!   or a lower one planted it, absolute or relative, is followed as if `root` were `/`.
-//!   Symlink loops fail with `ELOOP` and name the entry.
+//!   Symlink loops fail with `ELOOP` and name the entry. Missing parents are made (0755);
+//!   when a parent is a dangling symlink (`lib -> usr/lib` before `usr/lib` exists), its
+//!   target is made, inside the root, as containerd does.
 //! - The entry itself is created with `*at()` calls on the parent's fd that never follow
 //!   it: an existing symlink at that name is replaced, not written through.
 //! - Symlink *targets* are stored data and are written as the layer has them (absolute

@@ -673,6 +673,30 @@ fn replacing_entries_of_another_type() {
 }
 
 #[test]
+fn dangling_symlinks_on_the_way_get_their_targets_made() {
+    let s = Scratch::new();
+    let mut l = Layer::new();
+    l.symlink("lib", "usr/lib")
+        .file("lib/foo", "merged usr")
+        .symlink("opt", "/srv/opt")
+        .file("opt/tool/bin", "abs")
+        .symlink("a", "b")
+        .symlink("b", "c/d")
+        .file("a/e", "chain")
+        .dir("x/", 0o755)
+        .symlink("x/up", "../../../y")
+        .file("x/up/z", "clamped");
+    s.apply(&l.tar()).unwrap();
+    assert_eq!(
+        fs::read_to_string(s.p("usr/lib/foo")).unwrap(),
+        "merged usr"
+    );
+    assert_eq!(fs::read_to_string(s.p("srv/opt/tool/bin")).unwrap(), "abs");
+    assert_eq!(fs::read_to_string(s.p("c/d/e")).unwrap(), "chain");
+    assert_eq!(fs::read_to_string(s.p("y/z")).unwrap(), "clamped");
+}
+
+#[test]
 fn missing_parents_are_created() {
     let s = Scratch::new();
     let mut l = Layer::new();
@@ -739,12 +763,16 @@ fn hostile_absolute_name() {
 fn hostile_write_through_symlink_planted_in_the_same_layer() {
     let s = Scratch::new();
     let abs = s.outside.display().to_string();
-    // Absolute link to the real outside directory: inside the root it means
-    // <root><abs>, which does not exist, so the write fails.
+    // Absolute link to the real outside directory: inside the root it means <root><abs>,
+    // which is made there (as for any dangling link a later entry writes through).
+    let before = s.outside_state();
     let mut l = Layer::new();
     l.symlink("evil", &abs).file("evil/pwned", "x");
-    hostile(&s, &l.tar(), "evil/pwned");
+    s.apply(&l.tar()).unwrap();
+    assert_eq!(s.outside_state(), before);
     assert!(!s.outside.join("pwned").exists());
+    let inside = s.root.join(abs.trim_start_matches('/'));
+    assert_eq!(fs::read_to_string(inside.join("pwned")).unwrap(), "x");
 
     // Relative link climbing out: `..` stops at the root, so this lands inside it.
     let s = Scratch::new();
@@ -771,12 +799,22 @@ fn hostile_write_through_symlink_planted_by_a_lower_layer() {
         .symlink("evildir", &format!("{abs}/sub"));
     s.apply(&l.tar()).unwrap();
 
+    // Writes through the link land below <root><abs>, never in <abs>.
+    let before = s.outside_state();
     let mut l = Layer::new();
-    l.file("evil/secret", "overwritten");
-    hostile(&s, &l.tar(), "evil/secret");
-    let mut l = Layer::new();
-    l.file("evil/sub/new/deep", "x");
-    hostile(&s, &l.tar(), "evil/sub/new/deep");
+    l.file("evil/secret", "overwritten")
+        .file("evil/sub/new/deep", "x");
+    s.apply(&l.tar()).unwrap();
+    assert_eq!(s.outside_state(), before);
+    let inside = s.root.join(abs.trim_start_matches('/'));
+    assert_eq!(
+        fs::read_to_string(inside.join("secret")).unwrap(),
+        "overwritten"
+    );
+    assert_eq!(
+        fs::read_to_string(inside.join("sub/new/deep")).unwrap(),
+        "x"
+    );
 
     // Entries at the link's own name replace the link and never follow it.
     let before = s.outside_state();
