@@ -590,7 +590,7 @@ impl<'o> Applier<'o> {
         let mut file = std::fs::File::from(fd);
         if h.size > 0 {
             tar.copy_data(h.size, &mut file)
-                .map_err(|e| format!("writing data: {e}"))?;
+                .map_err(|e| e.to_string())?;
         }
         self.owner_fd(file.as_fd(), h)?;
         fchmod(&file, Mode::from_raw_mode(h.mode))

@@ -1154,6 +1154,7 @@ fn corrupt_data_inside_a_file_names_the_file() {
     let s = Scratch::new();
     let err = apply_layer(&s.root, zst.as_slice(), Compression::Zstd, &opts()).unwrap_err();
     assert_eq!(err.entry(), "big", "{err}");
+    assert!(err.reason().starts_with("reading the layer: "), "{err}");
 }
 
 /// Everything a layer carries about each entry below `root`: type, mode, mtime, content or
