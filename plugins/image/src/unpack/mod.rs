@@ -67,7 +67,7 @@ use rustix::io::Errno;
 use sha2::{Digest, Sha256};
 
 use self::stream::ChunkReader;
-use self::tar::{Header, Kind, TarError, TarReader, Time};
+use self::tar::{DataError, Header, Kind, TarError, TarReader, Time};
 use self::tree::{ioerr, Tree, DIR_FLAGS};
 
 /// Size of the read buffers (compressed input and uncompressed tar): large enough that a
@@ -146,16 +146,36 @@ pub struct LayerStats {
 /// the layer digest.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UnpackError {
+    kind: UnpackErrorKind,
     entry: String,
     reason: String,
 }
 
+/// What kind of failure an [`UnpackError`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnpackErrorKind {
+    /// The layer tried something refused: a name or link leaving the root, a symlink loop,
+    /// a name or extension header past the limits, an invalid whiteout.
+    Refused,
+    /// The stream could not be read or is not a valid (compressed) tar: corrupt, truncated,
+    /// an unsupported entry type, or the reader failed.
+    Stream,
+    /// Writing the tree failed (disk full, permissions, …).
+    Filesystem,
+}
+
 impl UnpackError {
-    fn new(entry: impl Into<String>, reason: impl Into<String>) -> Self {
+    fn new(kind: UnpackErrorKind, entry: impl Into<String>, reason: impl Into<String>) -> Self {
         UnpackError {
+            kind,
             entry: entry.into(),
             reason: reason.into(),
         }
+    }
+
+    /// Which kind of failure this is.
+    pub fn kind(&self) -> UnpackErrorKind {
+        self.kind
     }
 
     /// The entry (as named in the layer, control characters escaped), or a description of
@@ -188,6 +208,7 @@ pub fn apply_layer<R: Read>(
 ) -> Result<LayerStats, UnpackError> {
     let tree = Tree::open(root).map_err(|e| {
         UnpackError::new(
+            UnpackErrorKind::Filesystem,
             root.display().to_string(),
             format!("opening the unpack directory: {e}"),
         )
@@ -208,8 +229,11 @@ pub fn apply_layer<R: Read>(
         let worker = match worker {
             Ok(w) => w,
             Err(e) => {
-                let err =
-                    UnpackError::new("layer stream", format!("starting the unpack thread: {e}"));
+                let err = UnpackError::new(
+                    UnpackErrorKind::Filesystem,
+                    "layer stream",
+                    format!("starting the unpack thread: {e}"),
+                );
                 return (Ok(()), Err(err));
             }
         };
@@ -227,12 +251,14 @@ pub fn apply_layer<R: Read>(
         Ok(()) => {}
         Err(stream::PumpError::Read(e)) => {
             return Err(UnpackError::new(
+                UnpackErrorKind::Stream,
                 "layer stream",
                 format!("reading after the end of the tar: {e}"),
             ))
         }
         Err(stream::PumpError::WorkerGone) => {
             return Err(UnpackError::new(
+                UnpackErrorKind::Filesystem,
                 "layer stream",
                 "the unpack thread stopped early",
             ))
@@ -352,17 +378,19 @@ impl<'o> Applier<'o> {
                     } else {
                         format!("tar header after {}", display_path(&h.path))
                     };
-                    return Err(UnpackError::new(at, tar_reason(e)));
+                    let fail = tar_fail(e);
+                    return Err(UnpackError::new(fail.kind, at, fail.reason));
                 }
             }
             entries += 1;
             self.entry(&h, &mut tar)
-                .map_err(|reason| UnpackError::new(display_path(&h.path), reason))?;
+                .map_err(|f| UnpackError::new(f.kind, display_path(&h.path), f.reason))?;
         }
         // After the end-of-archive: the rest of the stream (padding to a record, trailing
         // zero blocks) is read too; the producer hashes it into the diff ID.
         tar.get_mut().drain().map_err(|e| {
             UnpackError::new(
+                UnpackErrorKind::Stream,
                 "layer stream",
                 format!("reading after the end of the tar: {e}"),
             )
@@ -373,8 +401,8 @@ impl<'o> Applier<'o> {
     }
 
     /// Applies one entry; the error is the reason (the caller names the entry).
-    fn entry<R: io::BufRead>(&mut self, h: &Header, tar: &mut TarReader<R>) -> Result<(), String> {
-        clean_path(&h.path, &mut self.path)?;
+    fn entry<R: io::BufRead>(&mut self, h: &Header, tar: &mut TarReader<R>) -> Result<(), Fail> {
+        clean_path(&h.path, &mut self.path).map_err(refused)?;
         if self.path.is_empty() {
             return Ok(()); // the root itself
         }
@@ -389,7 +417,7 @@ impl<'o> Applier<'o> {
         h: &Header,
         tar: &mut TarReader<R>,
         path: &[u8],
-    ) -> Result<(), String> {
+    ) -> Result<(), Fail> {
         let (parent, base) = split_path(path);
 
         // Whiteouts.
@@ -402,7 +430,7 @@ impl<'o> Applier<'o> {
         }
         if let Some(name) = base.strip_prefix(b".wh.") {
             if name.is_empty() || name == b"." || name == b".." {
-                return Err("invalid whiteout name".into());
+                return Err(refused("invalid whiteout name"));
             }
             self.mark(parent);
             return self.whiteout(parent, name);
@@ -411,7 +439,7 @@ impl<'o> Applier<'o> {
         let dir = self
             .tree
             .dir(parent, true)
-            .map_err(|e| format!("resolving its parent directory: {e}"))?
+            .map_err(|e| resolve_fail("resolving its parent directory", e))?
             .ok_or_else(|| "parent directory missing".to_string())?;
         self.ensure_writable(parent, dir.as_fd())?;
         self.mark(path);
@@ -432,7 +460,7 @@ impl<'o> Applier<'o> {
             Kind::File => self.make_file(dir.as_fd(), base, h, tar)?,
             Kind::Symlink => {
                 if h.link.is_empty() || h.link.contains(&0) {
-                    return Err("symlink with an empty target or a NUL byte in it".into());
+                    return Err(refused("symlink with an empty target or a NUL byte in it"));
                 }
                 self.create(dir.as_fd(), base, |d| symlinkat(h.link.as_slice(), d, base))
                     .map_err(|e| format!("creating symlink: {e}"))?;
@@ -458,7 +486,7 @@ impl<'o> Applier<'o> {
                         Err(e) if e.raw_os_error() == Some(Errno::PERM.raw_os_error()) => {
                             self.skipped_devices += 1
                         }
-                        Err(e) => return Err(format!("creating device node: {e}")),
+                        Err(e) => return Err(format!("creating device node: {e}").into()),
                     }
                 }
             }
@@ -477,7 +505,7 @@ impl<'o> Applier<'o> {
     /// As non-root: a lower-layer directory the user owns but may not write into (mode
     /// 0555, say) is made owner-writable while the layer is applied, and its mode is put
     /// back at the end. Root writes anywhere; nothing to do.
-    fn ensure_writable(&mut self, path: &[u8], dir: BorrowedFd<'_>) -> Result<(), String> {
+    fn ensure_writable(&mut self, path: &[u8], dir: BorrowedFd<'_>) -> Result<(), Fail> {
         if self.is_root || self.writable_checked.as_deref() == Some(path) {
             return Ok(());
         }
@@ -534,12 +562,7 @@ impl<'o> Applier<'o> {
         }
     }
 
-    fn make_dir(
-        &mut self,
-        dir: BorrowedFd<'_>,
-        base: &[u8],
-        h: &Header,
-    ) -> Result<OwnedFd, String> {
+    fn make_dir(&mut self, dir: BorrowedFd<'_>, base: &[u8], h: &Header) -> Result<OwnedFd, Fail> {
         let initial = Mode::from_raw_mode(0o700);
         match mkdirat(dir, base, initial) {
             Ok(()) => {}
@@ -553,7 +576,7 @@ impl<'o> Applier<'o> {
                         .map_err(|e| format!("creating directory: {}", ioerr(e)))?;
                 }
             },
-            Err(e) => return Err(format!("creating directory: {}", ioerr(e))),
+            Err(e) => return Err(format!("creating directory: {}", ioerr(e)).into()),
         }
         let fd = openat(dir, base, DIR_FLAGS, Mode::empty())
             .map_err(|e| format!("opening directory: {}", ioerr(e)))?;
@@ -573,7 +596,7 @@ impl<'o> Applier<'o> {
         base: &[u8],
         h: &Header,
         tar: &mut TarReader<R>,
-    ) -> Result<(), String> {
+    ) -> Result<(), Fail> {
         let flags =
             OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
         let mode = Mode::from_raw_mode(0o600);
@@ -589,14 +612,20 @@ impl<'o> Applier<'o> {
         .map_err(|e| format!("creating file: {}", ioerr(e)))?;
         let mut file = std::fs::File::from(fd);
         if h.size > 0 {
-            tar.copy_data(h.size, &mut file)
-                .map_err(|e| e.to_string())?;
+            tar.copy_data(h.size, &mut file).map_err(|e| match e {
+                DataError::Read(_) => Fail {
+                    kind: UnpackErrorKind::Stream,
+                    reason: e.to_string(),
+                },
+                DataError::Write(_) => Fail::from(e.to_string()),
+            })?;
         }
         self.owner_fd(file.as_fd(), h)?;
         fchmod(&file, Mode::from_raw_mode(h.mode))
             .map_err(|e| format!("setting mode: {}", ioerr(e)))?;
         self.xattrs_fd(file.as_fd(), h)?;
-        futimens(&file, &timestamps(h.mtime)).map_err(|e| format!("setting mtime: {}", ioerr(e)))
+        futimens(&file, &timestamps(h.mtime))
+            .map_err(|e| format!("setting mtime: {}", ioerr(e)).into())
     }
 
     fn make_hardlink(
@@ -605,28 +634,33 @@ impl<'o> Applier<'o> {
         base: &[u8],
         path: &[u8],
         h: &Header,
-    ) -> Result<(), String> {
+    ) -> Result<(), Fail> {
         let mut link = std::mem::take(&mut self.link);
         let result = (|| {
             clean_path(&h.link, &mut link)
-                .map_err(|e| format!("hard link target {}: {e}", display_path(&h.link)))?;
+                .map_err(|e| refused(format!("hard link target {}: {e}", display_path(&h.link))))?;
             if link.is_empty() {
-                return Err("hard link to the root directory".to_string());
+                return Err(refused("hard link to the root directory"));
             }
             if link == path {
-                return Err("hard link to itself".to_string());
+                return Err(refused("hard link to itself"));
             }
             let (lparent, lbase) = split_path(&link);
-            let missing = || format!("hard link target {} does not exist", display_path(&h.link));
+            let missing = || {
+                refused(format!(
+                    "hard link target {} does not exist",
+                    display_path(&h.link)
+                ))
+            };
             let ldir = match self.tree.resolve_existing_dir(lparent) {
                 Ok(fd) => fd,
                 Err(e) if matches!(e.raw_os_error(), Some(c) if c == Errno::NOENT.raw_os_error() || c == Errno::NOTDIR.raw_os_error()) => {
                     return Err(missing())
                 }
                 Err(e) => {
-                    return Err(format!(
-                        "resolving hard link target {}: {e}",
-                        display_path(&h.link)
+                    return Err(resolve_fail(
+                        &format!("resolving hard link target {}", display_path(&h.link)),
+                        e,
                     ))
                 }
             };
@@ -636,11 +670,13 @@ impl<'o> Applier<'o> {
             match r {
                 Ok(()) => Ok(()),
                 Err(e) if e.raw_os_error() == Some(Errno::NOENT.raw_os_error()) => Err(missing()),
-                Err(e) if e.raw_os_error() == Some(Errno::PERM.raw_os_error()) => Err(format!(
-                    "hard link target {} cannot be linked (a directory?): {e}",
-                    display_path(&h.link)
-                )),
-                Err(e) => Err(format!("creating hard link: {e}")),
+                Err(e) if e.raw_os_error() == Some(Errno::PERM.raw_os_error()) => {
+                    Err(refused(format!(
+                        "hard link target {} cannot be linked (a directory?): {e}",
+                        display_path(&h.link)
+                    )))
+                }
+                Err(e) => Err(format!("creating hard link: {e}").into()),
             }
         })();
         self.link = link;
@@ -648,7 +684,7 @@ impl<'o> Applier<'o> {
     }
 
     /// `.wh.<name>` in `parent`: removes `<name>` unless this layer wrote it.
-    fn whiteout(&mut self, parent: &[u8], name: &[u8]) -> Result<(), String> {
+    fn whiteout(&mut self, parent: &[u8], name: &[u8]) -> Result<(), Fail> {
         let mut target = Vec::with_capacity(parent.len() + 1 + name.len());
         if !parent.is_empty() {
             target.extend_from_slice(parent);
@@ -661,7 +697,7 @@ impl<'o> Applier<'o> {
         let Some(dir) = self
             .tree
             .dir(parent, false)
-            .map_err(|e| format!("resolving its directory: {e}"))?
+            .map_err(|e| resolve_fail("resolving its directory", e))?
         else {
             return Ok(()); // nothing below to hide
         };
@@ -674,11 +710,11 @@ impl<'o> Applier<'o> {
     }
 
     /// `.wh..wh..opq` in `dir_path`: removes every child that this layer did not write.
-    fn opaque(&mut self, dir_path: &[u8]) -> Result<(), String> {
+    fn opaque(&mut self, dir_path: &[u8]) -> Result<(), Fail> {
         let Some(dir) = self
             .tree
             .dir(dir_path, false)
-            .map_err(|e| format!("resolving the opaque directory: {e}"))?
+            .map_err(|e| resolve_fail("resolving the opaque directory", e))?
         else {
             return Ok(());
         };
@@ -717,14 +753,14 @@ impl<'o> Applier<'o> {
     }
 
     /// Ownership on an open file or directory.
-    fn owner_fd(&mut self, fd: BorrowedFd<'_>, h: &Header) -> Result<(), String> {
+    fn owner_fd(&mut self, fd: BorrowedFd<'_>, h: &Header) -> Result<(), Fail> {
         if let Some((uid, gid)) = self.owner(h)? {
             fchown(fd, Some(uid), Some(gid)).map_err(|e| format!("setting owner: {}", ioerr(e)))?;
         }
         Ok(())
     }
 
-    fn owner(&mut self, h: &Header) -> Result<Option<(Uid, Gid)>, String> {
+    fn owner(&mut self, h: &Header) -> Result<Option<(Uid, Gid)>, Fail> {
         if !self.opts.same_owner {
             if h.uid != 0 || h.gid != 0 {
                 self.skipped_owners += 1;
@@ -751,7 +787,7 @@ impl<'o> Applier<'o> {
         base: &[u8],
         h: &Header,
         set_mode: bool,
-    ) -> Result<(), String> {
+    ) -> Result<(), Fail> {
         if let Some((uid, gid)) = self.owner(h)? {
             chownat(dir, base, Some(uid), Some(gid), AtFlags::SYMLINK_NOFOLLOW)
                 .map_err(|e| format!("setting owner: {}", ioerr(e)))?;
@@ -772,10 +808,10 @@ impl<'o> Applier<'o> {
             }
         }
         utimensat(dir, base, &timestamps(h.mtime), AtFlags::SYMLINK_NOFOLLOW)
-            .map_err(|e| format!("setting mtime: {}", ioerr(e)))
+            .map_err(|e| format!("setting mtime: {}", ioerr(e)).into())
     }
 
-    fn xattrs_fd(&mut self, fd: BorrowedFd<'_>, h: &Header) -> Result<(), String> {
+    fn xattrs_fd(&mut self, fd: BorrowedFd<'_>, h: &Header) -> Result<(), Fail> {
         for (name, value) in &h.xattrs {
             let r = fsetxattr(fd, name.as_slice(), value, XattrFlags::empty());
             self.xattr_result(name, r)?;
@@ -786,7 +822,7 @@ impl<'o> Applier<'o> {
     /// An xattr the filesystem does not support, or that the user may not set (`security.*`
     /// or `trusted.*` without the capability, `user.*` on a symlink), is skipped (counted,
     /// logged once per layer); any other failure fails the entry.
-    fn xattr_result(&mut self, name: &[u8], r: rustix::io::Result<()>) -> Result<(), String> {
+    fn xattr_result(&mut self, name: &[u8], r: rustix::io::Result<()>) -> Result<(), Fail> {
         match r {
             Ok(()) => Ok(()),
             Err(e) if e == Errno::OPNOTSUPP || e == Errno::PERM => {
@@ -800,7 +836,8 @@ impl<'o> Applier<'o> {
                 "setting extended attribute {}: {}",
                 String::from_utf8_lossy(name),
                 ioerr(e)
-            )),
+            )
+            .into()),
         }
     }
 
@@ -815,7 +852,11 @@ impl<'o> Applier<'o> {
                 continue;
             };
             let fail = |what: &str, e: Errno| {
-                UnpackError::new(display_path(&path), format!("setting {what}: {}", ioerr(e)))
+                UnpackError::new(
+                    UnpackErrorKind::Filesystem,
+                    display_path(&path),
+                    format!("setting {what}: {}", ioerr(e)),
+                )
             };
             if meta.mode_pending {
                 fchmod(&fd, Mode::from_raw_mode(meta.mode)).map_err(|e| fail("mode", e))?;
@@ -844,6 +885,39 @@ impl<'o> Applier<'o> {
                 self.first_xattr_skip.as_deref().unwrap_or("?")
             );
         }
+    }
+}
+
+/// Why an entry failed, before the entry is named.
+struct Fail {
+    kind: UnpackErrorKind,
+    reason: String,
+}
+
+/// A filesystem failure (the common case, hence the `?` conversion).
+impl From<String> for Fail {
+    fn from(reason: String) -> Self {
+        Fail {
+            kind: UnpackErrorKind::Filesystem,
+            reason,
+        }
+    }
+}
+
+fn refused(reason: impl Into<String>) -> Fail {
+    Fail {
+        kind: UnpackErrorKind::Refused,
+        reason: reason.into(),
+    }
+}
+
+/// A failure to resolve a directory: a symlink loop is the layer's doing.
+fn resolve_fail(what: &str, e: io::Error) -> Fail {
+    let reason = format!("{what}: {e}");
+    if e.raw_os_error() == Some(Errno::LOOP.raw_os_error()) {
+        refused(reason)
+    } else {
+        Fail::from(reason)
     }
 }
 
@@ -915,10 +989,17 @@ fn display_path(raw: &[u8]) -> String {
     out
 }
 
-fn tar_reason(e: TarError) -> String {
+fn tar_fail(e: TarError) -> Fail {
     match e {
-        TarError::Io(e) => format!("reading the layer: {e}"),
-        TarError::Format(m) => m,
+        TarError::Io(e) => Fail {
+            kind: UnpackErrorKind::Stream,
+            reason: format!("reading the layer: {e}"),
+        },
+        TarError::Format(reason) => Fail {
+            kind: UnpackErrorKind::Stream,
+            reason,
+        },
+        TarError::Limit(reason) => refused(reason),
     }
 }
 

@@ -77,8 +77,12 @@ impl Default for Header {
 /// A tar format error (the caller adds which entry it happened at).
 #[derive(Debug)]
 pub(crate) enum TarError {
+    /// Reading (or decompressing) the stream failed.
     Io(io::Error),
+    /// Not a valid tar stream.
     Format(String),
+    /// Valid, but past a limit set against hostile layers.
+    Limit(String),
 }
 
 impl From<io::Error> for TarError {
@@ -282,9 +286,9 @@ impl<R: BufRead> TarReader<R> {
     /// Reads `size` bytes of extension data into `self.ext` (bounded), consuming padding.
     fn read_extension(&mut self, size: u64, what: &str) -> Result<(), TarError> {
         if size > MAX_EXTENSION {
-            return format_err(format!(
+            return Err(TarError::Limit(format!(
                 "{what} of {size} bytes is larger than the limit of {MAX_EXTENSION} bytes"
-            ));
+            )));
         }
         self.pending = padded(size)?;
         self.ext.clear();

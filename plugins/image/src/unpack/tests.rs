@@ -262,6 +262,7 @@ fn hostile(s: &Scratch, tar: &[u8], entry: &str) -> UnpackError {
         "something outside the root changed"
     );
     assert_eq!(err.entry(), entry, "error: {err}");
+    assert_eq!(err.kind(), UnpackErrorKind::Refused, "{err}");
     assert!(err.to_string().starts_with(&format!("{entry}: ")), "{err}");
     err
 }
@@ -906,6 +907,7 @@ fn hostile_huge_headers() {
     l.file("after", "x");
     let err = s.apply(&l.tar()).unwrap_err();
     assert!(err.reason().contains("larger than the limit"), "{err}");
+    assert_eq!(err.kind(), UnpackErrorKind::Refused);
 
     // A PAX header claiming 64 GiB (the data is not there): refused before reading.
     let mut l = Layer::new();
@@ -913,6 +915,7 @@ fn hostile_huge_headers() {
     l.push(&h, b"");
     let err = s.apply(&l.tar()).unwrap_err();
     assert!(err.reason().contains("larger than the limit"), "{err}");
+    assert_eq!(err.kind(), UnpackErrorKind::Refused);
 
     // A name over PATH_MAX.
     let mut l = Layer::new();
@@ -940,6 +943,7 @@ fn corrupt_streams_are_refused() {
     let mut garbage = vec![7u8; 4096];
     let err = s.apply(&garbage).unwrap_err();
     assert!(err.reason().contains("checksum"), "{err}");
+    assert_eq!(err.kind(), UnpackErrorKind::Stream);
 
     // Truncated inside a file's data.
     let mut l = Layer::new();
@@ -1155,6 +1159,7 @@ fn corrupt_data_inside_a_file_names_the_file() {
     let err = apply_layer(&s.root, zst.as_slice(), Compression::Zstd, &opts()).unwrap_err();
     assert_eq!(err.entry(), "big", "{err}");
     assert!(err.reason().starts_with("reading the layer: "), "{err}");
+    assert_eq!(err.kind(), UnpackErrorKind::Stream);
 }
 
 /// Everything a layer carries about each entry below `root`: type, mode, mtime, content or
@@ -1307,4 +1312,19 @@ fn gnu_tar_posix_layer_round_trips() {
     let stats = d.apply(&out.stdout).unwrap();
     assert_eq!(stats.diff_id, sha256(&out.stdout));
     assert_eq!(tree_state(&d.root), tree_state(s));
+}
+
+#[test]
+fn a_missing_unpack_directory_is_a_filesystem_error() {
+    let s = Scratch::new();
+    let missing = s.root.join("nope");
+    let err = apply_layer(
+        &missing,
+        &sample_layer().tar()[..],
+        Compression::None,
+        &opts(),
+    )
+    .unwrap_err();
+    assert_eq!(err.kind(), UnpackErrorKind::Filesystem);
+    assert_eq!(err.entry(), missing.display().to_string());
 }
