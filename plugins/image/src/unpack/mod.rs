@@ -26,7 +26,9 @@
 //! - Parent directories are resolved by the kernel inside the root (`openat2` with
 //!   `RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS`): a symlink met on the way, whether this layer
 //!   or a lower one planted it, absolute or relative, is followed as if `root` were `/`.
-//!   Symlink loops fail with `ELOOP` and name the entry.
+//!   Symlink loops fail with `ELOOP` and name the entry. Missing parents are made (0755);
+//!   when a parent is a dangling symlink (`lib -> usr/lib` before `usr/lib` exists), its
+//!   target is made, inside the root, as containerd does.
 //! - The entry itself is created with `*at()` calls on the parent's fd that never follow
 //!   it: an existing symlink at that name is replaced, not written through.
 //! - Symlink *targets* are stored data and are written as the layer has them (absolute
@@ -40,6 +42,7 @@
 //! A refused or failed entry ends the layer with an [`UnpackError`] naming it; the tree is
 //! then partly applied, so callers unpack into a scratch directory they discard on error.
 
+mod stream;
 mod tar;
 mod tree;
 
@@ -52,16 +55,19 @@ use std::hash::{BuildHasher, RandomState};
 use std::io::{self, BufReader, Read};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::Path;
+use std::sync::mpsc;
 
 use rustix::fs::{
-    chmodat, chownat, fchmod, fchown, fsetxattr, futimens, linkat, lsetxattr, makedev, mkdirat,
-    mknodat, openat, symlinkat, utimensat, AtFlags, FileType, Mode, OFlags, Timestamps, XattrFlags,
+    chmodat, chownat, fchmod, fchown, fsetxattr, fstat, futimens, linkat, lsetxattr, makedev,
+    mkdirat, mknodat, openat, symlinkat, utimensat, AtFlags, FileType, Mode, OFlags, Timestamps,
+    XattrFlags,
 };
 use rustix::fs::{Gid, Uid};
 use rustix::io::Errno;
 use sha2::{Digest, Sha256};
 
-use self::tar::{Header, Kind, TarError, TarReader, Time};
+use self::stream::ChunkReader;
+use self::tar::{DataError, Header, Kind, TarError, TarReader, Time};
 use self::tree::{ioerr, Tree, DIR_FLAGS};
 
 /// Size of the read buffers (compressed input and uncompressed tar): large enough that a
@@ -140,16 +146,36 @@ pub struct LayerStats {
 /// the layer digest.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UnpackError {
+    kind: UnpackErrorKind,
     entry: String,
     reason: String,
 }
 
+/// What kind of failure an [`UnpackError`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnpackErrorKind {
+    /// The layer tried something refused: a name or link leaving the root, a symlink loop,
+    /// a name or extension header past the limits, an invalid whiteout.
+    Refused,
+    /// The stream could not be read or is not a valid (compressed) tar: corrupt, truncated,
+    /// an unsupported entry type, or the reader failed.
+    Stream,
+    /// Writing the tree failed (disk full, permissions, …).
+    Filesystem,
+}
+
 impl UnpackError {
-    fn new(entry: impl Into<String>, reason: impl Into<String>) -> Self {
+    fn new(kind: UnpackErrorKind, entry: impl Into<String>, reason: impl Into<String>) -> Self {
         UnpackError {
+            kind,
             entry: entry.into(),
             reason: reason.into(),
         }
+    }
+
+    /// Which kind of failure this is.
+    pub fn kind(&self) -> UnpackErrorKind {
+        self.kind
     }
 
     /// The entry (as named in the layer, control characters escaped), or a description of
@@ -182,54 +208,114 @@ pub fn apply_layer<R: Read>(
 ) -> Result<LayerStats, UnpackError> {
     let tree = Tree::open(root).map_err(|e| {
         UnpackError::new(
+            UnpackErrorKind::Filesystem,
             root.display().to_string(),
             format!("opening the unpack directory: {e}"),
         )
     })?;
-    let mut applier = Applier::new(tree, opts);
-    let drain_err = |e: io::Error| UnpackError::new("layer stream", format!("reading: {e}"));
-    let stats = match compression {
-        Compression::None => applier.run(reader)?,
+    let (tx, rx) = mpsc::sync_channel::<stream::Chunk>(stream::IN_FLIGHT);
+    let (recycle_tx, recycle_rx) = mpsc::channel::<Vec<u8>>();
+    let mut digest = stream::Digested {
+        hasher: Sha256::new(),
+        bytes: 0,
+    };
+    let (pumped, applied) = std::thread::scope(|scope| {
+        let worker = std::thread::Builder::new()
+            .name("kiln-unpack".into())
+            .spawn_scoped(scope, move || {
+                let mut applier = Applier::new(tree, opts);
+                applier.apply_tar(ChunkReader::new(rx, recycle_tx))
+            });
+        let worker = match worker {
+            Ok(w) => w,
+            Err(e) => {
+                let err = UnpackError::new(
+                    UnpackErrorKind::Filesystem,
+                    "layer stream",
+                    format!("starting the unpack thread: {e}"),
+                );
+                return (Ok(()), Err(err));
+            }
+        };
+        let pumped = decompress_into(reader, compression, &tx, &recycle_rx, &mut digest);
+        drop(tx); // end of stream for the worker
+        let applied = match worker.join() {
+            Ok(r) => r,
+            Err(panic) => std::panic::resume_unwind(panic),
+        };
+        (pumped, applied)
+    });
+    // The worker's error names the entry; it comes first.
+    let entries = applied?;
+    match pumped {
+        Ok(()) => {}
+        Err(stream::PumpError::Read(e)) => {
+            return Err(UnpackError::new(
+                UnpackErrorKind::Stream,
+                "layer stream",
+                format!("reading after the end of the tar: {e}"),
+            ))
+        }
+        Err(stream::PumpError::WorkerGone) => {
+            return Err(UnpackError::new(
+                UnpackErrorKind::Filesystem,
+                "layer stream",
+                "the unpack thread stopped early",
+            ))
+        }
+    }
+    Ok(LayerStats {
+        diff_id: format!("sha256:{}", hex(&digest.hasher.finalize())),
+        entries,
+        uncompressed_bytes: digest.bytes,
+    })
+}
+
+/// The producer half: decompresses `reader` into the channel, hashing as it goes, then
+/// reads the compressed reader to its EOF.
+fn decompress_into<R: Read>(
+    reader: R,
+    compression: Compression,
+    tx: &mpsc::SyncSender<stream::Chunk>,
+    recycled: &mpsc::Receiver<Vec<u8>>,
+    digest: &mut stream::Digested,
+) -> Result<(), stream::PumpError> {
+    use stream::PumpError::Read as ReadErr;
+    match compression {
+        Compression::None => {
+            let mut reader = reader;
+            stream::pump(&mut reader, tx, recycled, digest)
+        }
         Compression::Gzip => {
             let mut dec =
                 flate2::bufread::MultiGzDecoder::new(BufReader::with_capacity(BUF_SIZE, reader));
-            let stats = applier.run(&mut dec)?;
-            io::copy(&mut dec.into_inner(), &mut io::sink()).map_err(drain_err)?;
-            stats
+            stream::pump(&mut dec, tx, recycled, digest)?;
+            io::copy(&mut dec.into_inner(), &mut io::sink()).map_err(ReadErr)?;
+            Ok(())
         }
         Compression::Zstd => {
-            let mut dec = zstd::stream::read::Decoder::with_buffer(BufReader::with_capacity(
+            let dec = zstd::stream::read::Decoder::with_buffer(BufReader::with_capacity(
                 BUF_SIZE, reader,
-            ))
-            .map_err(|e| UnpackError::new("layer stream", format!("zstd: {e}")))?;
-            let stats = applier.run(&mut dec)?;
-            io::copy(&mut dec.finish(), &mut io::sink()).map_err(drain_err)?;
-            stats
+            ));
+            let mut dec = match dec {
+                Ok(d) => d,
+                Err(e) => {
+                    let _ = tx.send(Err(io::Error::new(e.kind(), format!("zstd: {e}"))));
+                    return Err(ReadErr(e));
+                }
+            };
+            stream::pump(&mut dec, tx, recycled, digest)?;
+            io::copy(&mut dec.finish(), &mut io::sink()).map_err(ReadErr)?;
+            Ok(())
         }
-    };
-    Ok(stats)
-}
-
-/// A reader that hashes and counts what passes through it.
-struct HashReader<R> {
-    inner: R,
-    hasher: Sha256,
-    bytes: u64,
-}
-
-impl<R: Read> Read for HashReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.bytes += n as u64;
-        Ok(n)
     }
 }
 
 /// Metadata of a directory applied after the whole layer is written.
 struct DirMeta {
     mode: u32,
-    mtime: Time,
+    /// `None` for a lower-layer directory only made writable for a while.
+    mtime: Option<Time>,
     /// The mode still has to be set (it was widened to let a non-root user write children).
     mode_pending: bool,
 }
@@ -249,6 +335,8 @@ struct Applier<'o> {
     layer: HashSet<u64>,
     hasher: RandomState,
     dirs: HashMap<Vec<u8>, DirMeta>,
+    /// The directory [`Applier::ensure_writable`] looked at last.
+    writable_checked: Option<Vec<u8>>,
     skipped_owners: u64,
     skipped_devices: u64,
     skipped_xattrs: u64,
@@ -266,6 +354,7 @@ impl<'o> Applier<'o> {
             layer: HashSet::new(),
             hasher: RandomState::new(),
             dirs: HashMap::new(),
+            writable_checked: None,
             skipped_owners: 0,
             skipped_devices: 0,
             skipped_xattrs: 0,
@@ -273,56 +362,47 @@ impl<'o> Applier<'o> {
         }
     }
 
-    /// Reads the uncompressed tar stream to its end and applies every entry.
-    fn run<D: Read>(&mut self, decompressed: D) -> Result<LayerStats, UnpackError> {
-        let mut hashing = HashReader {
-            inner: decompressed,
-            hasher: Sha256::new(),
-            bytes: 0,
-        };
+    /// Reads the uncompressed tar stream to its end and applies every entry; the number of
+    /// entries read.
+    fn apply_tar(&mut self, src: ChunkReader) -> Result<u64, UnpackError> {
         let mut entries: u64 = 0;
-        {
-            let mut tar = TarReader::new(BufReader::with_capacity(BUF_SIZE, &mut hashing));
-            let mut h = Header::default();
-            loop {
-                match tar.next(&mut h) {
-                    Ok(true) => {}
-                    Ok(false) => break,
-                    Err(e) => {
-                        let at = if entries == 0 {
-                            "layer stream (first tar header)".to_string()
-                        } else {
-                            format!("tar header after {}", display_path(&h.path))
-                        };
-                        return Err(UnpackError::new(at, tar_reason(e)));
-                    }
+        let mut tar = TarReader::new(src);
+        let mut h = Header::default();
+        loop {
+            match tar.next(&mut h) {
+                Ok(true) => {}
+                Ok(false) => break,
+                Err(e) => {
+                    let at = if entries == 0 {
+                        "layer stream (first tar header)".to_string()
+                    } else {
+                        format!("tar header after {}", display_path(&h.path))
+                    };
+                    let fail = tar_fail(e);
+                    return Err(UnpackError::new(fail.kind, at, fail.reason));
                 }
-                entries += 1;
-                self.entry(&h, &mut tar)
-                    .map_err(|reason| UnpackError::new(display_path(&h.path), reason))?;
             }
-            // After the end-of-archive: the rest of the decompressed stream (padding to a
-            // record, trailing zero blocks) is part of the diff ID.
-            io::copy(tar.get_mut(), &mut io::sink()).map_err(|e| {
-                UnpackError::new(
-                    "layer stream",
-                    format!("reading after the end of the tar: {e}"),
-                )
-            })?;
+            entries += 1;
+            self.entry(&h, &mut tar)
+                .map_err(|f| UnpackError::new(f.kind, display_path(&h.path), f.reason))?;
         }
+        // After the end-of-archive: the rest of the stream (padding to a record, trailing
+        // zero blocks) is read too; the producer hashes it into the diff ID.
+        tar.get_mut().drain().map_err(|e| {
+            UnpackError::new(
+                UnpackErrorKind::Stream,
+                "layer stream",
+                format!("reading after the end of the tar: {e}"),
+            )
+        })?;
         self.finish_dirs()?;
         self.log_skips();
-        let digest = hashing.hasher.finalize();
-        Ok(LayerStats {
-            diff_id: format!("sha256:{}", hex(&digest)),
-            entries,
-            uncompressed_bytes: hashing.bytes,
-        })
+        Ok(entries)
     }
 
     /// Applies one entry; the error is the reason (the caller names the entry).
-    fn entry<R: io::BufRead>(&mut self, h: &Header, tar: &mut TarReader<R>) -> Result<(), String> {
-        clean_path(&h.path, &mut self.path)?;
+    fn entry<R: io::BufRead>(&mut self, h: &Header, tar: &mut TarReader<R>) -> Result<(), Fail> {
+        clean_path(&h.path, &mut self.path).map_err(refused)?;
         if self.path.is_empty() {
             return Ok(()); // the root itself
         }
@@ -337,7 +417,7 @@ impl<'o> Applier<'o> {
         h: &Header,
         tar: &mut TarReader<R>,
         path: &[u8],
-    ) -> Result<(), String> {
+    ) -> Result<(), Fail> {
         let (parent, base) = split_path(path);
 
         // Whiteouts.
@@ -350,7 +430,7 @@ impl<'o> Applier<'o> {
         }
         if let Some(name) = base.strip_prefix(b".wh.") {
             if name.is_empty() || name == b"." || name == b".." {
-                return Err("invalid whiteout name".into());
+                return Err(refused("invalid whiteout name"));
             }
             self.mark(parent);
             return self.whiteout(parent, name);
@@ -359,8 +439,9 @@ impl<'o> Applier<'o> {
         let dir = self
             .tree
             .dir(parent, true)
-            .map_err(|e| format!("resolving its parent directory: {e}"))?
+            .map_err(|e| resolve_fail("resolving its parent directory", e))?
             .ok_or_else(|| "parent directory missing".to_string())?;
+        self.ensure_writable(parent, dir.as_fd())?;
         self.mark(path);
 
         match h.kind {
@@ -368,7 +449,7 @@ impl<'o> Applier<'o> {
                 let fd = self.make_dir(dir.as_fd(), base, h)?;
                 let meta = DirMeta {
                     mode: h.mode,
-                    mtime: h.mtime,
+                    mtime: Some(h.mtime),
                     mode_pending: !self.is_root,
                 };
                 self.dirs.insert(path.to_vec(), meta);
@@ -378,8 +459,8 @@ impl<'o> Applier<'o> {
             }
             Kind::File => self.make_file(dir.as_fd(), base, h, tar)?,
             Kind::Symlink => {
-                if h.link.is_empty() {
-                    return Err("symlink with an empty target".into());
+                if h.link.is_empty() || h.link.contains(&0) {
+                    return Err(refused("symlink with an empty target or a NUL byte in it"));
                 }
                 self.create(dir.as_fd(), base, |d| symlinkat(h.link.as_slice(), d, base))
                     .map_err(|e| format!("creating symlink: {e}"))?;
@@ -405,7 +486,7 @@ impl<'o> Applier<'o> {
                         Err(e) if e.raw_os_error() == Some(Errno::PERM.raw_os_error()) => {
                             self.skipped_devices += 1
                         }
-                        Err(e) => return Err(format!("creating device node: {e}")),
+                        Err(e) => return Err(format!("creating device node: {e}").into()),
                     }
                 }
             }
@@ -418,6 +499,34 @@ impl<'o> Applier<'o> {
             }
         }
         self.tree.keep(parent, dir);
+        Ok(())
+    }
+
+    /// As non-root: a lower-layer directory the user owns but may not write into (mode
+    /// 0555, say) is made owner-writable while the layer is applied, and its mode is put
+    /// back at the end. Root writes anywhere; nothing to do.
+    fn ensure_writable(&mut self, path: &[u8], dir: BorrowedFd<'_>) -> Result<(), Fail> {
+        if self.is_root || self.writable_checked.as_deref() == Some(path) {
+            return Ok(());
+        }
+        let st = fstat(dir).map_err(|e| format!("inspecting its directory: {}", ioerr(e)))?;
+        let mode = st.st_mode & 0o7777;
+        if mode & 0o700 != 0o700 && st.st_uid == rustix::process::geteuid().as_raw() {
+            fchmod(dir, Mode::from_raw_mode(mode | 0o700))
+                .map_err(|e| format!("making its directory writable: {}", ioerr(e)))?;
+            self.dirs.entry(path.to_vec()).or_insert(DirMeta {
+                mode,
+                mtime: None,
+                mode_pending: true,
+            });
+        }
+        match &mut self.writable_checked {
+            Some(p) => {
+                p.clear();
+                p.extend_from_slice(path);
+            }
+            None => self.writable_checked = Some(path.to_vec()),
+        }
         Ok(())
     }
 
@@ -453,12 +562,7 @@ impl<'o> Applier<'o> {
         }
     }
 
-    fn make_dir(
-        &mut self,
-        dir: BorrowedFd<'_>,
-        base: &[u8],
-        h: &Header,
-    ) -> Result<OwnedFd, String> {
+    fn make_dir(&mut self, dir: BorrowedFd<'_>, base: &[u8], h: &Header) -> Result<OwnedFd, Fail> {
         let initial = Mode::from_raw_mode(0o700);
         match mkdirat(dir, base, initial) {
             Ok(()) => {}
@@ -472,7 +576,7 @@ impl<'o> Applier<'o> {
                         .map_err(|e| format!("creating directory: {}", ioerr(e)))?;
                 }
             },
-            Err(e) => return Err(format!("creating directory: {}", ioerr(e))),
+            Err(e) => return Err(format!("creating directory: {}", ioerr(e)).into()),
         }
         let fd = openat(dir, base, DIR_FLAGS, Mode::empty())
             .map_err(|e| format!("opening directory: {}", ioerr(e)))?;
@@ -492,7 +596,7 @@ impl<'o> Applier<'o> {
         base: &[u8],
         h: &Header,
         tar: &mut TarReader<R>,
-    ) -> Result<(), String> {
+    ) -> Result<(), Fail> {
         let flags =
             OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
         let mode = Mode::from_raw_mode(0o600);
@@ -508,14 +612,20 @@ impl<'o> Applier<'o> {
         .map_err(|e| format!("creating file: {}", ioerr(e)))?;
         let mut file = std::fs::File::from(fd);
         if h.size > 0 {
-            tar.copy_data(h.size, &mut file)
-                .map_err(|e| format!("writing data: {e}"))?;
+            tar.copy_data(h.size, &mut file).map_err(|e| match e {
+                DataError::Read(_) => Fail {
+                    kind: UnpackErrorKind::Stream,
+                    reason: e.to_string(),
+                },
+                DataError::Write(_) => Fail::from(e.to_string()),
+            })?;
         }
         self.owner_fd(file.as_fd(), h)?;
         fchmod(&file, Mode::from_raw_mode(h.mode))
             .map_err(|e| format!("setting mode: {}", ioerr(e)))?;
         self.xattrs_fd(file.as_fd(), h)?;
-        futimens(&file, &timestamps(h.mtime)).map_err(|e| format!("setting mtime: {}", ioerr(e)))
+        futimens(&file, &timestamps(h.mtime))
+            .map_err(|e| format!("setting mtime: {}", ioerr(e)).into())
     }
 
     fn make_hardlink(
@@ -524,28 +634,33 @@ impl<'o> Applier<'o> {
         base: &[u8],
         path: &[u8],
         h: &Header,
-    ) -> Result<(), String> {
+    ) -> Result<(), Fail> {
         let mut link = std::mem::take(&mut self.link);
         let result = (|| {
             clean_path(&h.link, &mut link)
-                .map_err(|e| format!("hard link target {}: {e}", display_path(&h.link)))?;
+                .map_err(|e| refused(format!("hard link target {}: {e}", display_path(&h.link))))?;
             if link.is_empty() {
-                return Err("hard link to the root directory".to_string());
+                return Err(refused("hard link to the root directory"));
             }
             if link == path {
-                return Err("hard link to itself".to_string());
+                return Err(refused("hard link to itself"));
             }
             let (lparent, lbase) = split_path(&link);
-            let missing = || format!("hard link target {} does not exist", display_path(&h.link));
+            let missing = || {
+                refused(format!(
+                    "hard link target {} does not exist",
+                    display_path(&h.link)
+                ))
+            };
             let ldir = match self.tree.resolve_existing_dir(lparent) {
                 Ok(fd) => fd,
                 Err(e) if matches!(e.raw_os_error(), Some(c) if c == Errno::NOENT.raw_os_error() || c == Errno::NOTDIR.raw_os_error()) => {
                     return Err(missing())
                 }
                 Err(e) => {
-                    return Err(format!(
-                        "resolving hard link target {}: {e}",
-                        display_path(&h.link)
+                    return Err(resolve_fail(
+                        &format!("resolving hard link target {}", display_path(&h.link)),
+                        e,
                     ))
                 }
             };
@@ -555,11 +670,13 @@ impl<'o> Applier<'o> {
             match r {
                 Ok(()) => Ok(()),
                 Err(e) if e.raw_os_error() == Some(Errno::NOENT.raw_os_error()) => Err(missing()),
-                Err(e) if e.raw_os_error() == Some(Errno::PERM.raw_os_error()) => Err(format!(
-                    "hard link target {} cannot be linked (a directory?): {e}",
-                    display_path(&h.link)
-                )),
-                Err(e) => Err(format!("creating hard link: {e}")),
+                Err(e) if e.raw_os_error() == Some(Errno::PERM.raw_os_error()) => {
+                    Err(refused(format!(
+                        "hard link target {} cannot be linked (a directory?): {e}",
+                        display_path(&h.link)
+                    )))
+                }
+                Err(e) => Err(format!("creating hard link: {e}").into()),
             }
         })();
         self.link = link;
@@ -567,7 +684,7 @@ impl<'o> Applier<'o> {
     }
 
     /// `.wh.<name>` in `parent`: removes `<name>` unless this layer wrote it.
-    fn whiteout(&mut self, parent: &[u8], name: &[u8]) -> Result<(), String> {
+    fn whiteout(&mut self, parent: &[u8], name: &[u8]) -> Result<(), Fail> {
         let mut target = Vec::with_capacity(parent.len() + 1 + name.len());
         if !parent.is_empty() {
             target.extend_from_slice(parent);
@@ -580,10 +697,11 @@ impl<'o> Applier<'o> {
         let Some(dir) = self
             .tree
             .dir(parent, false)
-            .map_err(|e| format!("resolving its directory: {e}"))?
+            .map_err(|e| resolve_fail("resolving its directory", e))?
         else {
             return Ok(()); // nothing below to hide
         };
+        self.ensure_writable(parent, dir.as_fd())?;
         self.tree.invalidate();
         tree::remove_if_exists(dir.as_fd(), name)
             .map_err(|e| format!("removing {}: {e}", display_path(&target)))?;
@@ -592,14 +710,15 @@ impl<'o> Applier<'o> {
     }
 
     /// `.wh..wh..opq` in `dir_path`: removes every child that this layer did not write.
-    fn opaque(&mut self, dir_path: &[u8]) -> Result<(), String> {
+    fn opaque(&mut self, dir_path: &[u8]) -> Result<(), Fail> {
         let Some(dir) = self
             .tree
             .dir(dir_path, false)
-            .map_err(|e| format!("resolving the opaque directory: {e}"))?
+            .map_err(|e| resolve_fail("resolving the opaque directory", e))?
         else {
             return Ok(());
         };
+        self.ensure_writable(dir_path, dir.as_fd())?;
         self.tree.invalidate();
         let mut path = dir_path.to_vec();
         let keep_fd = dir.try_clone().map_err(|e| e.to_string())?;
@@ -634,14 +753,14 @@ impl<'o> Applier<'o> {
     }
 
     /// Ownership on an open file or directory.
-    fn owner_fd(&mut self, fd: BorrowedFd<'_>, h: &Header) -> Result<(), String> {
+    fn owner_fd(&mut self, fd: BorrowedFd<'_>, h: &Header) -> Result<(), Fail> {
         if let Some((uid, gid)) = self.owner(h)? {
             fchown(fd, Some(uid), Some(gid)).map_err(|e| format!("setting owner: {}", ioerr(e)))?;
         }
         Ok(())
     }
 
-    fn owner(&mut self, h: &Header) -> Result<Option<(Uid, Gid)>, String> {
+    fn owner(&mut self, h: &Header) -> Result<Option<(Uid, Gid)>, Fail> {
         if !self.opts.same_owner {
             if h.uid != 0 || h.gid != 0 {
                 self.skipped_owners += 1;
@@ -668,7 +787,7 @@ impl<'o> Applier<'o> {
         base: &[u8],
         h: &Header,
         set_mode: bool,
-    ) -> Result<(), String> {
+    ) -> Result<(), Fail> {
         if let Some((uid, gid)) = self.owner(h)? {
             chownat(dir, base, Some(uid), Some(gid), AtFlags::SYMLINK_NOFOLLOW)
                 .map_err(|e| format!("setting owner: {}", ioerr(e)))?;
@@ -689,10 +808,10 @@ impl<'o> Applier<'o> {
             }
         }
         utimensat(dir, base, &timestamps(h.mtime), AtFlags::SYMLINK_NOFOLLOW)
-            .map_err(|e| format!("setting mtime: {}", ioerr(e)))
+            .map_err(|e| format!("setting mtime: {}", ioerr(e)).into())
     }
 
-    fn xattrs_fd(&mut self, fd: BorrowedFd<'_>, h: &Header) -> Result<(), String> {
+    fn xattrs_fd(&mut self, fd: BorrowedFd<'_>, h: &Header) -> Result<(), Fail> {
         for (name, value) in &h.xattrs {
             let r = fsetxattr(fd, name.as_slice(), value, XattrFlags::empty());
             self.xattr_result(name, r)?;
@@ -703,7 +822,7 @@ impl<'o> Applier<'o> {
     /// An xattr the filesystem does not support, or that the user may not set (`security.*`
     /// or `trusted.*` without the capability, `user.*` on a symlink), is skipped (counted,
     /// logged once per layer); any other failure fails the entry.
-    fn xattr_result(&mut self, name: &[u8], r: rustix::io::Result<()>) -> Result<(), String> {
+    fn xattr_result(&mut self, name: &[u8], r: rustix::io::Result<()>) -> Result<(), Fail> {
         match r {
             Ok(()) => Ok(()),
             Err(e) if e == Errno::OPNOTSUPP || e == Errno::PERM => {
@@ -717,7 +836,8 @@ impl<'o> Applier<'o> {
                 "setting extended attribute {}: {}",
                 String::from_utf8_lossy(name),
                 ioerr(e)
-            )),
+            )
+            .into()),
         }
     }
 
@@ -732,12 +852,18 @@ impl<'o> Applier<'o> {
                 continue;
             };
             let fail = |what: &str, e: Errno| {
-                UnpackError::new(display_path(&path), format!("setting {what}: {}", ioerr(e)))
+                UnpackError::new(
+                    UnpackErrorKind::Filesystem,
+                    display_path(&path),
+                    format!("setting {what}: {}", ioerr(e)),
+                )
             };
             if meta.mode_pending {
                 fchmod(&fd, Mode::from_raw_mode(meta.mode)).map_err(|e| fail("mode", e))?;
             }
-            futimens(&fd, &timestamps(meta.mtime)).map_err(|e| fail("mtime", e))?;
+            if let Some(mtime) = meta.mtime {
+                futimens(&fd, &timestamps(mtime)).map_err(|e| fail("mtime", e))?;
+            }
         }
         Ok(())
     }
@@ -762,6 +888,39 @@ impl<'o> Applier<'o> {
     }
 }
 
+/// Why an entry failed, before the entry is named.
+struct Fail {
+    kind: UnpackErrorKind,
+    reason: String,
+}
+
+/// A filesystem failure (the common case, hence the `?` conversion).
+impl From<String> for Fail {
+    fn from(reason: String) -> Self {
+        Fail {
+            kind: UnpackErrorKind::Filesystem,
+            reason,
+        }
+    }
+}
+
+fn refused(reason: impl Into<String>) -> Fail {
+    Fail {
+        kind: UnpackErrorKind::Refused,
+        reason: reason.into(),
+    }
+}
+
+/// A failure to resolve a directory: a symlink loop is the layer's doing.
+fn resolve_fail(what: &str, e: io::Error) -> Fail {
+    let reason = format!("{what}: {e}");
+    if e.raw_os_error() == Some(Errno::LOOP.raw_os_error()) {
+        refused(reason)
+    } else {
+        Fail::from(reason)
+    }
+}
+
 /// Cleans an archive path into `out`: no leading `./`, no `.` or empty components, `..`
 /// applied lexically. Refuses absolute names, names climbing out of the root, and names
 /// longer than [`MAX_NAME`].
@@ -772,6 +931,9 @@ fn clean_path(raw: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
             "name of {} bytes is longer than the limit of {MAX_NAME}",
             raw.len()
         ));
+    }
+    if raw.contains(&0) {
+        return Err("name contains a NUL byte".into());
     }
     if raw.first() == Some(&b'/') {
         return Err("absolute name refused (layer entries are relative to the root)".into());
@@ -827,10 +989,17 @@ fn display_path(raw: &[u8]) -> String {
     out
 }
 
-fn tar_reason(e: TarError) -> String {
+fn tar_fail(e: TarError) -> Fail {
     match e {
-        TarError::Io(e) => format!("reading the layer: {e}"),
-        TarError::Format(m) => m,
+        TarError::Io(e) => Fail {
+            kind: UnpackErrorKind::Stream,
+            reason: format!("reading the layer: {e}"),
+        },
+        TarError::Format(reason) => Fail {
+            kind: UnpackErrorKind::Stream,
+            reason,
+        },
+        TarError::Limit(reason) => refused(reason),
     }
 }
 

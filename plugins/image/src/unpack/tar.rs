@@ -77,8 +77,12 @@ impl Default for Header {
 /// A tar format error (the caller adds which entry it happened at).
 #[derive(Debug)]
 pub(crate) enum TarError {
+    /// Reading (or decompressing) the stream failed.
     Io(io::Error),
+    /// Not a valid tar stream.
     Format(String),
+    /// Valid, but past a limit set against hostile layers.
+    Limit(String),
 }
 
 impl From<io::Error> for TarError {
@@ -89,6 +93,24 @@ impl From<io::Error> for TarError {
 
 fn format_err<T>(msg: impl Into<String>) -> Result<T, TarError> {
     Err(TarError::Format(msg.into()))
+}
+
+/// Why copying an entry's data failed.
+#[derive(Debug)]
+pub(crate) enum DataError {
+    /// Reading (or decompressing) the layer.
+    Read(io::Error),
+    /// Writing the file.
+    Write(io::Error),
+}
+
+impl std::fmt::Display for DataError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DataError::Read(e) => write!(f, "reading the layer: {e}"),
+            DataError::Write(e) => write!(f, "writing the file: {e}"),
+        }
+    }
 }
 
 /// PAX values pending for the next entry.
@@ -186,24 +208,25 @@ impl<R: BufRead> TarReader<R> {
         }
     }
 
-    /// Writes the current entry's data to `w` (`h.size` bytes), then consumes its padding.
-    pub(crate) fn copy_data<W: Write>(&mut self, size: u64, w: &mut W) -> io::Result<()> {
+    /// Writes the current entry's data to `w` (`size` bytes), then consumes its padding.
+    /// The error says which side failed: reading the layer or writing to `w`.
+    pub(crate) fn copy_data<W: Write>(&mut self, size: u64, w: &mut W) -> Result<(), DataError> {
         let mut left = size;
         while left > 0 {
-            let buf = self.r.fill_buf()?;
+            let buf = self.r.fill_buf().map_err(DataError::Read)?;
             if buf.is_empty() {
-                return Err(io::Error::new(
+                return Err(DataError::Read(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
                     "layer stream ends inside a file's data",
-                ));
+                )));
             }
             let n = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-            w.write_all(&buf[..n])?;
+            w.write_all(&buf[..n]).map_err(DataError::Write)?;
             self.r.consume(n);
             left -= n as u64;
             self.pending -= n as u64;
         }
-        self.skip_pending()
+        self.skip_pending().map_err(DataError::Read)
     }
 
     fn skip_pending(&mut self) -> io::Result<()> {
@@ -263,17 +286,19 @@ impl<R: BufRead> TarReader<R> {
     /// Reads `size` bytes of extension data into `self.ext` (bounded), consuming padding.
     fn read_extension(&mut self, size: u64, what: &str) -> Result<(), TarError> {
         if size > MAX_EXTENSION {
-            return format_err(format!(
+            return Err(TarError::Limit(format!(
                 "{what} of {size} bytes is larger than the limit of {MAX_EXTENSION} bytes"
-            ));
+            )));
         }
         self.pending = padded(size)?;
         self.ext.clear();
         let mut ext = std::mem::take(&mut self.ext);
         let res = self.copy_data(size, &mut ext);
         self.ext = ext;
-        res?;
-        Ok(())
+        match res {
+            Ok(()) => Ok(()),
+            Err(DataError::Read(e) | DataError::Write(e)) => Err(TarError::Io(e)),
+        }
     }
 
     fn parse_pax(&mut self, h: &mut Header) -> Result<(), TarError> {

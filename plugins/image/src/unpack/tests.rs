@@ -262,6 +262,7 @@ fn hostile(s: &Scratch, tar: &[u8], entry: &str) -> UnpackError {
         "something outside the root changed"
     );
     assert_eq!(err.entry(), entry, "error: {err}");
+    assert_eq!(err.kind(), UnpackErrorKind::Refused, "{err}");
     assert!(err.to_string().starts_with(&format!("{entry}: ")), "{err}");
     err
 }
@@ -673,6 +674,30 @@ fn replacing_entries_of_another_type() {
 }
 
 #[test]
+fn dangling_symlinks_on_the_way_get_their_targets_made() {
+    let s = Scratch::new();
+    let mut l = Layer::new();
+    l.symlink("lib", "usr/lib")
+        .file("lib/foo", "merged usr")
+        .symlink("opt", "/srv/opt")
+        .file("opt/tool/bin", "abs")
+        .symlink("a", "b")
+        .symlink("b", "c/d")
+        .file("a/e", "chain")
+        .dir("x/", 0o755)
+        .symlink("x/up", "../../../y")
+        .file("x/up/z", "clamped");
+    s.apply(&l.tar()).unwrap();
+    assert_eq!(
+        fs::read_to_string(s.p("usr/lib/foo")).unwrap(),
+        "merged usr"
+    );
+    assert_eq!(fs::read_to_string(s.p("srv/opt/tool/bin")).unwrap(), "abs");
+    assert_eq!(fs::read_to_string(s.p("c/d/e")).unwrap(), "chain");
+    assert_eq!(fs::read_to_string(s.p("y/z")).unwrap(), "clamped");
+}
+
+#[test]
 fn missing_parents_are_created() {
     let s = Scratch::new();
     let mut l = Layer::new();
@@ -739,12 +764,16 @@ fn hostile_absolute_name() {
 fn hostile_write_through_symlink_planted_in_the_same_layer() {
     let s = Scratch::new();
     let abs = s.outside.display().to_string();
-    // Absolute link to the real outside directory: inside the root it means
-    // <root><abs>, which does not exist, so the write fails.
+    // Absolute link to the real outside directory: inside the root it means <root><abs>,
+    // which is made there (as for any dangling link a later entry writes through).
+    let before = s.outside_state();
     let mut l = Layer::new();
     l.symlink("evil", &abs).file("evil/pwned", "x");
-    hostile(&s, &l.tar(), "evil/pwned");
+    s.apply(&l.tar()).unwrap();
+    assert_eq!(s.outside_state(), before);
     assert!(!s.outside.join("pwned").exists());
+    let inside = s.root.join(abs.trim_start_matches('/'));
+    assert_eq!(fs::read_to_string(inside.join("pwned")).unwrap(), "x");
 
     // Relative link climbing out: `..` stops at the root, so this lands inside it.
     let s = Scratch::new();
@@ -771,12 +800,22 @@ fn hostile_write_through_symlink_planted_by_a_lower_layer() {
         .symlink("evildir", &format!("{abs}/sub"));
     s.apply(&l.tar()).unwrap();
 
+    // Writes through the link land below <root><abs>, never in <abs>.
+    let before = s.outside_state();
     let mut l = Layer::new();
-    l.file("evil/secret", "overwritten");
-    hostile(&s, &l.tar(), "evil/secret");
-    let mut l = Layer::new();
-    l.file("evil/sub/new/deep", "x");
-    hostile(&s, &l.tar(), "evil/sub/new/deep");
+    l.file("evil/secret", "overwritten")
+        .file("evil/sub/new/deep", "x");
+    s.apply(&l.tar()).unwrap();
+    assert_eq!(s.outside_state(), before);
+    let inside = s.root.join(abs.trim_start_matches('/'));
+    assert_eq!(
+        fs::read_to_string(inside.join("secret")).unwrap(),
+        "overwritten"
+    );
+    assert_eq!(
+        fs::read_to_string(inside.join("sub/new/deep")).unwrap(),
+        "x"
+    );
 
     // Entries at the link's own name replace the link and never follow it.
     let before = s.outside_state();
@@ -868,6 +907,7 @@ fn hostile_huge_headers() {
     l.file("after", "x");
     let err = s.apply(&l.tar()).unwrap_err();
     assert!(err.reason().contains("larger than the limit"), "{err}");
+    assert_eq!(err.kind(), UnpackErrorKind::Refused);
 
     // A PAX header claiming 64 GiB (the data is not there): refused before reading.
     let mut l = Layer::new();
@@ -875,6 +915,7 @@ fn hostile_huge_headers() {
     l.push(&h, b"");
     let err = s.apply(&l.tar()).unwrap_err();
     assert!(err.reason().contains("larger than the limit"), "{err}");
+    assert_eq!(err.kind(), UnpackErrorKind::Refused);
 
     // A name over PATH_MAX.
     let mut l = Layer::new();
@@ -902,6 +943,7 @@ fn corrupt_streams_are_refused() {
     let mut garbage = vec![7u8; 4096];
     let err = s.apply(&garbage).unwrap_err();
     assert!(err.reason().contains("checksum"), "{err}");
+    assert_eq!(err.kind(), UnpackErrorKind::Stream);
 
     // Truncated inside a file's data.
     let mut l = Layer::new();
@@ -1038,4 +1080,251 @@ fn unprivileged_unpack_skips_owners_devices_and_privileged_xattrs() {
     assert_eq!(&buf[..n], b"yes");
     assert!(rustix::fs::lgetxattr(s.p("capped"), "security.capability", &mut buf[..]).is_err());
     fs::set_permissions(s.p("locked"), fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+#[test]
+fn unprivileged_unpack_writes_into_read_only_lower_directories() {
+    let s = Scratch::new();
+    if rustix::process::geteuid().is_root() {
+        let area = s.root.parent().unwrap();
+        fs::set_permissions(area, fs::Permissions::from_mode(0o755)).unwrap();
+        rustix::fs::chown(
+            &s.root,
+            Some(Uid::from_raw(65534)),
+            Some(Gid::from_raw(65534)),
+        )
+        .unwrap();
+    }
+    let apply = |tar: Vec<u8>| {
+        let opts = UnpackOptions::default();
+        as_unprivileged(|| apply_layer(&s.root, tar.as_slice(), Compression::None, &opts))
+    };
+    let mut l = Layer::new();
+    l.entry(b"ro/", EntryType::Directory, 0o555, b"", b"");
+    l.entry(b"ro/old", EntryType::Regular, 0o444, b"", b"old");
+    l.entry(b"ro/gone/", EntryType::Directory, 0o555, b"", b"");
+    l.entry(b"ro/gone/f", EntryType::Regular, 0o444, b"", b"f");
+    l.entry(b"ro/closed/", EntryType::Directory, 0o000, b"", b"");
+    apply(l.tar()).unwrap();
+
+    let mut l = Layer::new();
+    l.file("ro/new", "new")
+        .file("ro/.wh.gone", "")
+        .file("ro/.wh.closed", "")
+        .file("ro/old", "replaced");
+    apply(l.tar()).unwrap();
+    assert_eq!(s.names(), ["ro", "ro/new", "ro/old"]);
+    assert_eq!(fs::read_to_string(s.p("ro/old")).unwrap(), "replaced");
+    let ro = fs::metadata(s.p("ro")).unwrap();
+    assert_eq!(ro.permissions().mode() & 0o7777, 0o555);
+    assert_eq!(ro.uid(), fs::metadata(&s.root).unwrap().uid());
+}
+
+#[test]
+fn early_refusal_with_much_left_to_read_stops_cleanly() {
+    // The entry is refused while the producer still has many chunks to hand over: neither
+    // side may wait for the other forever, and the refusal is the error reported.
+    let mut l = Layer::new();
+    l.file("../escape", "x");
+    let mut x = 1u32;
+    let big: String = (0..(8 * stream::CHUNK))
+        .map(|_| {
+            x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+            char::from(b'a' + (x >> 24) as u8 % 26)
+        })
+        .collect();
+    l.file("big", &big);
+    let tar = l.tar();
+    for (c, blob) in [
+        (Compression::None, tar.clone()),
+        (Compression::Gzip, gzip(&tar)),
+        (Compression::Zstd, zstd(&tar)),
+    ] {
+        let s = Scratch::new();
+        let err = apply_layer(&s.root, blob.as_slice(), c, &opts()).unwrap_err();
+        assert_eq!(err.entry(), "../escape", "{c:?}: {err}");
+    }
+}
+
+#[test]
+fn corrupt_data_inside_a_file_names_the_file() {
+    let mut l = Layer::new();
+    l.file("small", "s");
+    l.file("big", &"0123456789".repeat(300_000));
+    let tar = l.tar();
+    let mut zst = zstd(&tar);
+    // Cut the stream in the middle of big's data.
+    zst.truncate(zst.len() / 2);
+    let s = Scratch::new();
+    let err = apply_layer(&s.root, zst.as_slice(), Compression::Zstd, &opts()).unwrap_err();
+    assert_eq!(err.entry(), "big", "{err}");
+    assert!(err.reason().starts_with("reading the layer: "), "{err}");
+    assert_eq!(err.kind(), UnpackErrorKind::Stream);
+}
+
+/// Everything a layer carries about each entry below `root`: type, mode, mtime, content or
+/// link target, `user.*` xattrs, and which entries share an inode.
+fn tree_state(root: &Path) -> BTreeMap<String, String> {
+    let mut m = BTreeMap::new();
+    let mut inodes: BTreeMap<u64, String> = BTreeMap::new();
+    let mut paths = Vec::new();
+    walk(root, &mut |p| paths.push(p.to_path_buf()));
+    paths.sort();
+    for p in paths {
+        if p == root {
+            continue;
+        }
+        let rel = p.strip_prefix(root).unwrap().display().to_string();
+        let md = fs::symlink_metadata(&p).unwrap();
+        let ft = md.file_type();
+        let what = if ft.is_symlink() {
+            format!("link {}", fs::read_link(&p).unwrap().display())
+        } else if ft.is_file() {
+            let first = inodes
+                .entry(md.ino())
+                .or_insert_with(|| rel.clone())
+                .clone();
+            format!("file {} same-as {first}", sha256(&fs::read(&p).unwrap()))
+        } else if ft.is_dir() {
+            "dir".to_string()
+        } else if ft.is_fifo() {
+            "fifo".to_string()
+        } else {
+            format!("other {:?}", ft)
+        };
+        let mut xattrs = Vec::new();
+        if !ft.is_symlink() {
+            let mut names = vec![0u8; 4096];
+            let n = rustix::fs::llistxattr(&p, &mut names[..]).unwrap();
+            for name in names[..n]
+                .split(|&b| b == 0)
+                .filter(|n| n.starts_with(b"user."))
+            {
+                let mut v = vec![0u8; 4096];
+                let k = rustix::fs::lgetxattr(&p, name, &mut v[..]).unwrap();
+                xattrs.push(format!(
+                    "{}={}",
+                    String::from_utf8_lossy(name),
+                    String::from_utf8_lossy(&v[..k])
+                ));
+            }
+        }
+        let mode = if ft.is_symlink() {
+            0
+        } else {
+            md.mode() & 0o7777
+        };
+        m.insert(
+            rel,
+            format!(
+                "{what} mode {mode:o} mtime {}.{:09} {xattrs:?}",
+                md.mtime(),
+                md.mtime_nsec()
+            ),
+        );
+    }
+    m
+}
+
+#[test]
+fn gnu_tar_posix_layer_round_trips() {
+    assert!(
+        std::process::Command::new("tar")
+            .arg("--version")
+            .output()
+            .is_ok(),
+        "this test needs GNU tar: apt-get install tar"
+    );
+    let src = tempfile::tempdir().unwrap();
+    let s = src.path();
+    let long_dir = format!("{}/{}", "long-directory-name-".repeat(6), "x".repeat(120));
+    fs::create_dir_all(s.join(&long_dir)).unwrap();
+    fs::write(s.join(&long_dir).join("f"), "in a long path").unwrap();
+    fs::create_dir_all(s.join("a/b")).unwrap();
+    for (name, len) in [
+        ("empty", 0),
+        ("one", 1),
+        ("511", 511),
+        ("512", 512),
+        ("513", 513),
+    ] {
+        fs::write(s.join("a").join(name), "z".repeat(len)).unwrap();
+    }
+    let big: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    fs::write(s.join("a/b/big"), &big).unwrap();
+    fs::write(s.join("a/ünïcode name"), "utf-8").unwrap();
+    fs::write(s.join("a/suid"), "s").unwrap();
+    fs::set_permissions(s.join("a/suid"), fs::Permissions::from_mode(0o4755)).unwrap();
+    fs::set_permissions(s.join("a/b"), fs::Permissions::from_mode(0o750)).unwrap();
+    fs::hard_link(s.join("a/b/big"), s.join("a/big-link")).unwrap();
+    std::os::unix::fs::symlink("b/big", s.join("a/rel")).unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", s.join("a/abs")).unwrap();
+    std::os::unix::fs::symlink(&long_dir, s.join("long-target")).unwrap();
+    rustix::fs::mkfifoat(
+        rustix::fs::CWD,
+        s.join("a/fifo"),
+        Mode::from_raw_mode(0o640),
+    )
+    .unwrap();
+    rustix::fs::setxattr(
+        s.join("a/one"),
+        "user.kiln",
+        b"xattr value",
+        XattrFlags::empty(),
+    )
+    .unwrap();
+    // mtimes with nanoseconds, directories last.
+    let mut paths = Vec::new();
+    walk(s, &mut |p| paths.push(p.to_path_buf()));
+    paths.reverse();
+    for (i, p) in paths.iter().enumerate() {
+        let t = Timestamps {
+            last_access: rustix::fs::Timespec {
+                tv_sec: 1_500_000_000 + i as i64,
+                tv_nsec: 123_456_789,
+            },
+            last_modification: rustix::fs::Timespec {
+                tv_sec: 1_500_000_000 + i as i64,
+                tv_nsec: 123_456_789,
+            },
+        };
+        utimensat(rustix::fs::CWD, p, &t, AtFlags::SYMLINK_NOFOLLOW).unwrap();
+    }
+
+    let out = std::process::Command::new("tar")
+        .args([
+            "--format=posix",
+            "--xattrs",
+            "--xattrs-include=user.*",
+            "--numeric-owner",
+        ])
+        .arg("-C")
+        .arg(s)
+        .args(["-cf", "-", "."])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let d = Scratch::new();
+    let stats = d.apply(&out.stdout).unwrap();
+    assert_eq!(stats.diff_id, sha256(&out.stdout));
+    assert_eq!(tree_state(&d.root), tree_state(s));
+}
+
+#[test]
+fn a_missing_unpack_directory_is_a_filesystem_error() {
+    let s = Scratch::new();
+    let missing = s.root.join("nope");
+    let err = apply_layer(
+        &missing,
+        &sample_layer().tar()[..],
+        Compression::None,
+        &opts(),
+    )
+    .unwrap_err();
+    assert_eq!(err.kind(), UnpackErrorKind::Filesystem);
+    assert_eq!(err.entry(), missing.display().to_string());
 }

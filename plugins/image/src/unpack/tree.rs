@@ -88,7 +88,7 @@ impl Tree {
             Ok(fd) => Ok(Some(fd)),
             Err(e) if e.raw_os_error() == Some(libc_enoent()) => {
                 if create {
-                    self.make_dirs(path).map(Some)
+                    self.make_dirs(path, 0).map(Some)
                 } else {
                     Ok(None)
                 }
@@ -98,23 +98,44 @@ impl Tree {
         }
     }
 
-    /// Resolves `path` component by component, making what is missing.
-    fn make_dirs(&mut self, path: &[u8]) -> io::Result<OwnedFd> {
+    /// Resolves `path` component by component, making what is missing. A dangling symlink
+    /// on the way (say `lib -> usr/lib` before `usr/lib` exists) gets its target made, inside
+    /// the root, as containerd does.
+    fn make_dirs(&self, path: &[u8], depth: u32) -> io::Result<OwnedFd> {
+        // As the kernel: at most 40 links followed for one path.
+        if depth > 40 {
+            return Err(ioerr(rustix::io::Errno::LOOP));
+        }
         let mut parent = self.root.try_clone()?;
         let mut offset = 0;
         for comp in path.split(|&b| b == b'/') {
-            let end = offset + comp.len();
+            let start = offset;
+            let end = start + comp.len();
             let prefix = &path[..end];
             offset = end + 1;
             let fd = match resolve_dir(self.root(), prefix) {
                 Ok(fd) => fd,
                 Err(e) if e.raw_os_error() == Some(libc_enoent()) => {
                     match rustix::fs::mkdirat(&parent, comp, Mode::from_raw_mode(0o755)) {
-                        Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+                        Ok(()) => {}
+                        Err(rustix::io::Errno::EXIST) => {
+                            if let Ok(target) = rustix::fs::readlinkat(&parent, comp, Vec::new()) {
+                                let target = target.to_bytes();
+                                let base = if target.starts_with(b"/") {
+                                    &[][..]
+                                } else {
+                                    &path[..start.saturating_sub(1)]
+                                };
+                                let mut dest = Vec::with_capacity(base.len() + target.len() + 1);
+                                join_in_root(base, target, &mut dest);
+                                if !dest.is_empty() {
+                                    self.make_dirs(&dest, depth + 1)?;
+                                }
+                            }
+                        }
                         Err(e) => return Err(ioerr(e)),
                     }
-                    // Resolve again from the root: the name may be a dangling symlink that
-                    // mkdirat refused (EEXIST); resolution keeps that inside the tree too.
+                    // Resolve again from the root, whatever the name turned out to be.
                     resolve_dir(self.root(), prefix)?
                 }
                 Err(e) => return Err(e),
@@ -139,6 +160,28 @@ impl Tree {
             return self.root.try_clone();
         }
         openat2_retry(self.root(), path, DIR_FLAGS)
+    }
+}
+
+/// `base` (a cleaned path) joined with a symlink `target`, cleaned into `out`; `..` stops
+/// at the root, as it does for a process whose root is the tree.
+fn join_in_root(base: &[u8], target: &[u8], out: &mut Vec<u8>) {
+    out.clear();
+    out.extend_from_slice(base);
+    for comp in target.split(|&b| b == b'/') {
+        match comp {
+            b"" | b"." => {}
+            b".." => {
+                let cut = out.iter().rposition(|&b| b == b'/').unwrap_or(0);
+                out.truncate(cut);
+            }
+            _ => {
+                if !out.is_empty() {
+                    out.push(b'/');
+                }
+                out.extend_from_slice(comp);
+            }
+        }
     }
 }
 
@@ -186,6 +229,12 @@ pub(crate) fn kind_at(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<Option<Fil
 /// followed: a symlink is removed, not its target.
 pub(crate) fn remove_at(dir: BorrowedFd<'_>, name: &[u8], kind: FileType) -> io::Result<()> {
     if kind == FileType::Directory {
+        // A read-only directory (from a lower layer) must be readable and writable to be
+        // emptied by a non-root owner; it goes away, so its mode does not matter. The name
+        // was just seen to be a directory (not a link). A failure shows at the open below.
+        if !rustix::process::geteuid().is_root() {
+            let _ = rustix::fs::chmodat(dir, name, Mode::from_raw_mode(0o700), AtFlags::empty());
+        }
         let sub = openat(dir, name, DIR_FLAGS, Mode::empty()).map_err(ioerr)?;
         clear_dir(sub, &mut |_, _| false)?;
         unlinkat(dir, name, AtFlags::REMOVEDIR).map_err(ioerr)
