@@ -619,6 +619,22 @@ fn credentials_from_config_json_and_a_credential_helper_with_a_token_server() {
     r.success();
     assert_eq!(read(&env2.path("helper/app/hello")), "hello auth\n");
 
+    // containers' auth.json (podman, skopeo), through $REGISTRY_AUTH_FILE.
+    let auth_json = env.write(
+        "containers/auth.json",
+        format!(r#"{{"auths":{{"{}":{{"auth":"{auth}"}}}}}}"#, reg.host),
+    );
+    let env4 = Env::new();
+    let r = fetch_with_env(
+        &env4,
+        &id,
+        "podman",
+        &[("REGISTRY_AUTH_FILE", auth_json.display().to_string())],
+        &[],
+    );
+    r.success();
+    assert_eq!(read(&env4.path("podman/app/hello")), "hello auth\n");
+
     // A wrong password: refused, and the error shows no secret.
     std::fs::write(
         docker.join("config.json"),
