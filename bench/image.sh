@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Benchmark of the image source: a 5-layer image of about 330 MB (incompressible and
-# text-like files, ~1,000 whiteouts in layer 3), built with umoci and pushed with skopeo
-# to a loopback docker-registry, then pulled and unpacked by
+# text-like files, ~1,000 whiteouts in layer 3), pushed to a loopback docker-registry,
+# then pulled and unpacked by
 #   - `kiln source fetch`, each time into a fresh root (cold)
 #   - `skopeo copy docker://… oci:…` + `umoci unpack` (what a user would otherwise run)
 #   - `kiln source fetch` again into the last root (cached: no blob request; the host
@@ -50,45 +50,12 @@ REG_PID=$!
 for _ in $(seq 200); do curl -fs "http://$HOST/v2/" >/dev/null 2>&1 && break; sleep 0.05; done
 
 # --- the image -------------------------------------------------------------------------
-echo "building the image in $WORK ..." >&2
-B="$WORK/bundle"
-umoci init --layout "$WORK/src"
-umoci new --image "$WORK/src:img"
-umoci unpack "${ROOTLESS[@]}" --image "$WORK/src:img" "$B" >/dev/null
-R="$B/rootfs"
-rand() { head -c "$2" /dev/urandom > "$1"; }
-text() { base64 -w 76 /dev/urandom | head -c "$2" > "$1"; }
-repack() { umoci repack --image "$WORK/src:img" "$B" >/dev/null; }
-# layer 1: a base: 1,500 text files of 16 KiB, 40 MiB of binaries
-mkdir -p "$R/usr/share/doc" "$R/usr/bin" "$R/etc"
-for i in $(seq 1500); do text "$R/usr/share/doc/f$i.txt" 16384; done
-for i in 1 2 3 4; do rand "$R/usr/bin/tool$i" $((10 << 20)); done
-echo "ID=kiln-bench" > "$R/etc/os-release"
-repack
-# layer 2: 60 MiB of libraries and 1,000 small files that layer 3 removes
-mkdir -p "$R/usr/lib" "$R/var/cache/pkg"
-for i in 1 2 3; do rand "$R/usr/lib/lib$i.so" $((20 << 20)); done
-for i in $(seq 1000); do echo "cache entry $i" > "$R/var/cache/pkg/e$i"; done
-repack
-# layer 3: the cache removed (1,000 whiteouts), 60 MiB of data
-rm -rf "$R/var/cache/pkg"/e*
-mkdir -p "$R/opt/data"
-for i in 1 2 3; do rand "$R/opt/data/d$i.bin" $((20 << 20)); done
-repack
-# layer 4: 70 MiB of text-like assets
-mkdir -p "$R/srv/assets"
-for i in $(seq 70); do text "$R/srv/assets/a$i.js" $((1 << 20)); done
-repack
-# layer 5: 60 MiB application and its config
-mkdir -p "$R/app"
-for i in 1 2 3; do rand "$R/app/part$i" $((20 << 20)); done
-echo "port = 8080" > "$R/app/config.toml"
-repack
-skopeo copy -q --dest-tls-verify=false "oci:$WORK/src:img" "docker://$HOST/bench/img:1"
+# Built and pushed by kiln-image-bench-push (tests/e2e/image_bench_push.rs): 5 gzip
+# layers, ~330 MB unpacked, 1,000 whiteouts in layer 3.
+(cd "$bench_root" && cargo build -q --release -p kiln-tests --bin kiln-image-bench-push)
+"$bench_root/target/release/kiln-image-bench-push" "$HOST" bench/img:1
 IMG="$HOST/bench/img:1"
-du -sb "$R" | awk '{ printf "image: 5 layers, %.0f MB unpacked, ", $1 / 1e6 }' >&2
 du -sb "$WORK/registry" | awk '{ printf "%.0f MB in the registry\n", $1 / 1e6 }' >&2
-rm -rf "$B"
 
 # --- the runs --------------------------------------------------------------------------
 kiln_fetch() { "$KILN" --root "$1" --progress quiet source fetch "docker-image://$IMG" --dest "$2"; }

@@ -7,6 +7,7 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use kiln_tests::http_server::{HttpServer, Route};
 use kiln_tests::registry::image::{self, digest, layer, Compression, Entry, Image};
 use kiln_tests::registry::{Auth, Registry, SlowProxy, Tls, TokenServer};
 use kiln_tests::{Env, Run};
@@ -619,6 +620,22 @@ fn credentials_from_config_json_and_a_credential_helper_with_a_token_server() {
     r.success();
     assert_eq!(read(&env2.path("helper/app/hello")), "hello auth\n");
 
+    // containers' auth.json (podman, skopeo), through $REGISTRY_AUTH_FILE.
+    let auth_json = env.write(
+        "containers/auth.json",
+        format!(r#"{{"auths":{{"{}":{{"auth":"{auth}"}}}}}}"#, reg.host),
+    );
+    let env4 = Env::new();
+    let r = fetch_with_env(
+        &env4,
+        &id,
+        "podman",
+        &[("REGISTRY_AUTH_FILE", auth_json.display().to_string())],
+        &[],
+    );
+    r.success();
+    assert_eq!(read(&env4.path("podman/app/hello")), "hello auth\n");
+
     // A wrong password: refused, and the error shows no secret.
     std::fs::write(
         docker.join("config.json"),
@@ -997,4 +1014,52 @@ fn a_configured_mirror_serves_the_pull_when_the_registry_is_down() {
     let r = fetch(&env2, &id, "out", &["--platform", "linux/amd64"]);
     r.expect_code(1);
     assert!(r.stderr.contains(&origin), "{}", r.stderr);
+}
+
+/// A registry (here the tests' HTTP server) that redirects blob requests to storage on
+/// another host, as registries with presigned URLs do: the layers come from there, and a
+/// connection cut in the middle of a layer is resumed with a `Range` request in the same
+/// pull.
+#[test]
+fn blob_redirects_to_another_host_are_followed_and_cut_layers_resume() {
+    let img = two_layer("linux/amd64", "redirect");
+    let front = HttpServer::start();
+    let storage = HttpServer::start();
+    front.route("/v2/test/r/manifests/1", Route::bytes(img.manifest.clone()));
+    front.route(
+        &format!("/v2/test/r/blobs/{}", img.config_digest),
+        Route::bytes(img.config.clone()),
+    );
+    for (i, l) in img.layers.iter().enumerate() {
+        let path = format!("/blob{i}");
+        let mut r = Route::bytes(l.blob.clone());
+        r.cut_after = Some(l.blob.len() as u64 / 2);
+        r.cuts = 1;
+        storage.route(&path, r);
+        let mut redirect = Route::bytes(Vec::new());
+        redirect.redirect = Some(storage.url_with_host("localhost", &path));
+        front.route(&format!("/v2/test/r/blobs/{}", l.digest), redirect);
+    }
+    let env = Env::new();
+    let host = format!("127.0.0.1:{}", front.port());
+    let r = fetch(
+        &env,
+        &format!("docker-image://{host}/test/r:1"),
+        "out",
+        &["--platform", "linux/amd64"],
+    );
+    r.success();
+    assert_eq!(read(&env.path("out/app/hello")), "hello redirect\n");
+    let seen = storage.requests();
+    for i in 0..img.layers.len() {
+        let path = format!("/blob{i}");
+        let reqs: Vec<_> = seen.iter().filter(|s| s.path == path).collect();
+        assert_eq!(reqs.len(), 2, "{reqs:?}");
+        let half = img.layers[i].blob.len() / 2;
+        assert_eq!(
+            reqs[1].header("range"),
+            Some(format!("bytes={half}-").as_str()),
+            "{reqs:?}"
+        );
+    }
 }

@@ -137,16 +137,29 @@ pub struct Served {
     pub written: u64,
 }
 
+/// A registry to push to over plain HTTP (see [`Remote::attach`]); a [`Registry`]
+/// derefs to its own.
+pub struct Remote {
+    /// `127.0.0.1:<port>`.
+    pub host: String,
+    tls: bool,
+}
+
 /// A running `docker-registry`.
 pub struct Registry {
     child: Child,
-    /// `127.0.0.1:<port>`.
-    pub host: String,
+    remote: Remote,
     /// Its storage directory.
     pub storage: PathBuf,
     log: PathBuf,
     _dir: tempfile::TempDir,
-    tls: bool,
+}
+
+impl std::ops::Deref for Registry {
+    type Target = Remote;
+    fn deref(&self) -> &Remote {
+        &self.remote
+    }
 }
 
 impl Registry {
@@ -209,11 +222,13 @@ impl Registry {
             .expect("start docker-registry");
         let r = Self {
             child,
-            host: format!("127.0.0.1:{port}"),
+            remote: Remote {
+                host: format!("127.0.0.1:{port}"),
+                tls: tls.is_some(),
+            },
             storage,
             log,
             _dir: dir,
-            tls: tls.is_some(),
         };
         let deadline = Instant::now() + Duration::from_secs(20);
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
@@ -263,6 +278,16 @@ impl Registry {
             .join(&hex[..2])
             .join(hex)
             .join("data")
+    }
+}
+
+impl Remote {
+    /// A registry already running at `host` (plain HTTP).
+    pub fn attach(host: &str) -> Self {
+        Self {
+            host: host.to_string(),
+            tls: false,
+        }
     }
 
     fn http(
@@ -348,7 +373,9 @@ impl Registry {
         self.push_manifest(repo, tag, "application/vnd.oci.image.index.v1+json", &bytes);
         d
     }
+}
 
+impl Registry {
     /// Stops the registry.
     pub fn stop(mut self) {
         let _ = self.child.kill();

@@ -311,6 +311,9 @@ struct Tee<'a, R> {
     total: u64,
     done: u64,
     reported: u64,
+    /// Why reading the download failed, if it did (the partial data is then kept for
+    /// a resume rather than committed).
+    failed: Option<String>,
 }
 
 impl<R: Read> Read for Tee<'_, R> {
@@ -318,7 +321,9 @@ impl<R: Read> Read for Tee<'_, R> {
         if self.job.is_cancelled() {
             return Err(io::Error::other("cancelled"));
         }
-        let n = self.src.read(buf)?;
+        let n = self.src.read(buf).inspect_err(|e| {
+            self.failed.get_or_insert_with(|| e.to_string());
+        })?;
         self.writer
             .write(&buf[..n])
             .map_err(|e| io::Error::other(e.message.to_string()))?;
@@ -422,6 +427,7 @@ impl Puller<'_> {
             total: l.size,
             done: offset,
             reported: offset,
+            failed: None,
         };
         let r = drain(&mut tee);
         self.job
@@ -499,6 +505,7 @@ impl Puller<'_> {
             total: l.size,
             done: 0,
             reported: 0,
+            failed: None,
         };
         let applied = apply_layer(dest, &mut tee, comp, opts);
         if applied.is_err() {
@@ -506,6 +513,17 @@ impl Puller<'_> {
             let _ = drain(&mut tee);
         }
         let done = tee.done;
+        if let Some(why) = tee.failed.take() {
+            // Keep what arrived: the next pull resumes it with a Range request.
+            drop(w);
+            self.job
+                .progress_finish(&task, done, Some("download failed"));
+            self.job.check_cancelled()?;
+            return Err(PluginError::network(format!(
+                "{}: layer {}: the download broke off at byte {done} of {}: {why}",
+                self.name, l.digest, l.size
+            )));
+        }
         self.job.check_cancelled()?;
         let committed = w.commit(Some(&l.digest));
         self.job.progress_finish(

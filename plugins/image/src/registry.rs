@@ -241,7 +241,10 @@ impl Client {
             let token =
                 self.fetch_token(ep, realm, params.get("service"), &scope, cred.as_ref())?;
             format!("Bearer {token}")
-        } else if scheme.eq_ignore_ascii_case("basic") {
+        } else if scheme.eq_ignore_ascii_case("basic")
+            || (scheme.is_empty() && matches!(cred, Some(Credential::Basic { .. })))
+        {
+            // A 401 without a challenge: basic auth is all a client can offer.
             match cred {
                 Some(Credential::Basic { username, password }) => format!(
                     "Basic {}",
