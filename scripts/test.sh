@@ -14,6 +14,8 @@ declare -A needs=(
   [sha256sum]=coreutils
   [tar]=tar
   [openssl]=openssl
+  [docker-registry]=docker-registry
+  [htpasswd]=apache2-utils
 )
 missing=()
 for prog in "${!needs[@]}"; do

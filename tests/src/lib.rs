@@ -171,3 +171,6 @@ pub fn copy_file(from: &Path, to: &Path) {
 
 /// The loopback HTTP server of the http source tests and benchmark.
 pub mod http_server;
+
+/// A registry (docker-registry), a token server and test images for the image source.
+pub mod registry;

@@ -24,7 +24,7 @@ pub mod filename;
 pub mod gojson;
 pub mod ident;
 pub mod index;
-pub mod proxy;
+pub use kiln_source_net::proxy;
 pub mod step;
 
 use std::sync::Arc;

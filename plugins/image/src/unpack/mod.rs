@@ -385,7 +385,7 @@ impl<'o> Applier<'o> {
                     .map_err(|e| format!("creating symlink: {e}"))?;
                 self.meta_at(dir.as_fd(), base, h, false)?;
             }
-            Kind::HardLink => self.make_hardlink(dir.as_fd(), base, h)?,
+            Kind::HardLink => self.make_hardlink(dir.as_fd(), base, path, h)?,
             Kind::Char | Kind::Block => {
                 if !self.opts.same_owner {
                     self.skipped_devices += 1;
@@ -396,11 +396,17 @@ impl<'o> Applier<'o> {
                         FileType::BlockDevice
                     };
                     let dev = makedev(h.dev_major, h.dev_minor);
-                    self.create(dir.as_fd(), base, |d| {
+                    let made = self.create(dir.as_fd(), base, |d| {
                         mknodat(d, base, ft, Mode::from_raw_mode(0o600), dev)
-                    })
-                    .map_err(|e| format!("creating device node: {e}"))?;
-                    self.meta_at(dir.as_fd(), base, h, true)?;
+                    });
+                    match made {
+                        Ok(()) => self.meta_at(dir.as_fd(), base, h, true)?,
+                        // Root without CAP_MKNOD (a user namespace): skipped, as containerd does.
+                        Err(e) if e.raw_os_error() == Some(Errno::PERM.raw_os_error()) => {
+                            self.skipped_devices += 1
+                        }
+                        Err(e) => return Err(format!("creating device node: {e}")),
+                    }
                 }
             }
             Kind::Fifo => {
@@ -516,6 +522,7 @@ impl<'o> Applier<'o> {
         &mut self,
         dir: BorrowedFd<'_>,
         base: &[u8],
+        path: &[u8],
         h: &Header,
     ) -> Result<(), String> {
         let mut link = std::mem::take(&mut self.link);
@@ -524,6 +531,9 @@ impl<'o> Applier<'o> {
                 .map_err(|e| format!("hard link target {}: {e}", display_path(&h.link)))?;
             if link.is_empty() {
                 return Err("hard link to the root directory".to_string());
+            }
+            if link == path {
+                return Err("hard link to itself".to_string());
             }
             let (lparent, lbase) = split_path(&link);
             let missing = || format!("hard link target {} does not exist", display_path(&h.link));
@@ -690,12 +700,13 @@ impl<'o> Applier<'o> {
         Ok(())
     }
 
-    /// An xattr the filesystem does not support, or that only root may set when not root, is
-    /// skipped (counted, logged once per layer); any other failure fails the entry.
+    /// An xattr the filesystem does not support, or that the user may not set (`security.*`
+    /// or `trusted.*` without the capability, `user.*` on a symlink), is skipped (counted,
+    /// logged once per layer); any other failure fails the entry.
     fn xattr_result(&mut self, name: &[u8], r: rustix::io::Result<()>) -> Result<(), String> {
         match r {
             Ok(()) => Ok(()),
-            Err(e) if e == Errno::OPNOTSUPP || (e == Errno::PERM && !self.is_root) => {
+            Err(e) if e == Errno::OPNOTSUPP || e == Errno::PERM => {
                 self.skipped_xattrs += 1;
                 self.first_xattr_skip.get_or_insert_with(|| {
                     format!("{}: {}", String::from_utf8_lossy(name), ioerr(e))

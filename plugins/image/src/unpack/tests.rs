@@ -818,6 +818,11 @@ fn hostile_hard_links() {
     let err = hostile(&s, &l.tar(), "hl");
     assert!(err.reason().contains("does not exist"), "{err}");
 
+    let mut l = Layer::new();
+    l.file("x", "x").hardlink("x", "./x");
+    let err = hostile(&s, &l.tar(), "x");
+    assert!(err.reason().contains("itself"), "{err}");
+
     // To a symlink pointing outside: the link itself is linked, not its target.
     let s = Scratch::new();
     let before = s.outside_state();
@@ -942,4 +947,95 @@ fn media_types() {
     ] {
         assert_eq!(Compression::from_media_type(mt), c, "{mt}");
     }
+}
+
+/// Runs `f` on a thread whose effective uid and gid are nobody's (65534), as an
+/// unprivileged user would unpack. Credentials are per thread with the raw syscalls, and
+/// leaving uid 0 clears the thread's effective capabilities. Not root: runs as is.
+fn as_unprivileged<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|sc| {
+        sc.spawn(|| {
+            if rustix::process::geteuid().is_root() {
+                let nobody_g = Gid::from_raw(65534);
+                rustix::thread::set_thread_groups(&[nobody_g]).unwrap();
+                rustix::thread::set_thread_res_gid(None, nobody_g, None).unwrap();
+                rustix::thread::set_thread_res_uid(None, Uid::from_raw(65534), None).unwrap();
+            }
+            f()
+        })
+        .join()
+        .unwrap()
+    })
+}
+
+#[test]
+fn unprivileged_unpack_skips_owners_devices_and_privileged_xattrs() {
+    let s = Scratch::new();
+    let user = if rustix::process::geteuid().is_root() {
+        // Let nobody reach and own the root.
+        let area = s.root.parent().unwrap();
+        fs::set_permissions(area, fs::Permissions::from_mode(0o755)).unwrap();
+        rustix::fs::chown(
+            &s.root,
+            Some(Uid::from_raw(65534)),
+            Some(Gid::from_raw(65534)),
+        )
+        .unwrap();
+        65534
+    } else {
+        rustix::process::geteuid().as_raw()
+    };
+    let mut l = Layer::new();
+    let owned = |h: &mut Header| {
+        h.set_uid(1234);
+        h.set_gid(1234)
+    };
+    l.entry(b"ro/", EntryType::Directory, 0o555, b"", b"");
+    l.entry(
+        b"ro/f",
+        EntryType::Regular,
+        0o444,
+        b"",
+        b"in a read-only dir",
+    );
+    l.entry(b"locked/", EntryType::Directory, 0o000, b"", b"");
+    l.entry(b"locked/inner/", EntryType::Directory, 0o700, b"", b"");
+    l.entry(b"locked/inner/f", EntryType::Regular, 0o600, b"", b"deep");
+    l.entry_with(b"owned", EntryType::Regular, 0o4755, b"", b"x", owned);
+    l.entry_with(b"null", EntryType::Char, 0o666, b"", b"", |h| {
+        h.set_device_major(1).unwrap();
+        h.set_device_minor(3).unwrap();
+    });
+    l.entry(b"fifo", EntryType::Fifo, 0o600, b"", b"");
+    l.pax(&[
+        (
+            "SCHILY.xattr.security.capability",
+            &[0, 0, 0, 2, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+        ),
+        ("SCHILY.xattr.user.kept", b"yes"),
+    ]);
+    l.entry(b"capped", EntryType::Regular, 0o755, b"", b"elf");
+    let tar = l.tar();
+
+    let opts = UnpackOptions::default();
+    as_unprivileged(|| apply_layer(&s.root, tar.as_slice(), Compression::None, &opts)).unwrap();
+
+    let md = |p: &str| fs::symlink_metadata(s.p(p)).unwrap();
+    assert_eq!(md("ro").permissions().mode() & 0o7777, 0o555);
+    assert_eq!(md("locked").permissions().mode() & 0o7777, 0o000);
+    assert_eq!(md("locked/inner").permissions().mode() & 0o7777, 0o700);
+    assert_eq!(fs::read_to_string(s.p("locked/inner/f")).unwrap(), "deep");
+    assert_eq!(
+        fs::read_to_string(s.p("ro/f")).unwrap(),
+        "in a read-only dir"
+    );
+    assert_eq!(md("owned").uid(), user);
+    assert_eq!(md("owned").permissions().mode() & 0o7777, 0o4755);
+    assert!(!s.p("null").exists());
+    assert!(md("fifo").file_type().is_fifo());
+    let mut buf = [0u8; 64];
+    let n = rustix::fs::lgetxattr(s.p("capped"), "user.kept", &mut buf[..]).unwrap();
+    assert_eq!(&buf[..n], b"yes");
+    assert!(rustix::fs::lgetxattr(s.p("capped"), "security.capability", &mut buf[..]).is_err());
+    fs::set_permissions(s.p("locked"), fs::Permissions::from_mode(0o755)).unwrap();
 }
