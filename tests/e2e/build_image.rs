@@ -551,3 +551,107 @@ step = "run"
     entries.sort();
     assert_eq!(entries, ["etc/", "etc/.wh.doomed", "srv/", "srv/out.txt"]);
 }
+
+/// Needs the image plugin and `docker-registry`: a build on an image pulled from a
+/// real registry on loopback exports its layers (one gzip, one uncompressed) as the
+/// same blobs plus one layer, and the metadata file records the ref and pin.
+#[test]
+fn a_build_on_a_registry_image_exports_as_oci_and_records_ref_and_pin() {
+    use kiln_tests::registry::image::{image, layer, Compression, Entry};
+    use kiln_tests::registry::Registry;
+    require_program("umoci", "umoci");
+    require_program("skopeo", "skopeo");
+    let reg = Registry::start();
+    let l1 = layer(
+        &[
+            Entry::Dir("etc".into()),
+            Entry::File("etc/os-release".into(), b"ID=kiln-test\n".to_vec(), 0o644),
+            Entry::Dir("bin".into()),
+            Entry::File("bin/tool".into(), b"#!/bin/sh\n".to_vec(), 0o755),
+        ],
+        Compression::Gzip,
+    );
+    let l2 = layer(
+        &[
+            Entry::Dir("app".into()),
+            Entry::File("app/hello".into(), b"hello\n".to_vec(), 0o644),
+        ],
+        Compression::None,
+    );
+    let img = image(vec![l1, l2], "linux/amd64", &["PATH=/bin", "TAG=v1"]);
+    reg.push_image("test/app", "v1", &img);
+
+    let env = Env::new();
+    let def = env.write(
+        "proj/kiln.build.toml",
+        &format!(
+            r#"
+version = 1
+[steps.base]
+source = "docker-image://{}/test/app:v1"
+platform = "linux/amd64"
+[steps.app]
+base = "base"
+actions = [
+  {{ rm = {{ path = "/app/hello" }} }},
+  {{ mkfile = {{ path = "/app/built", data = "built\n" }} }},
+]
+[output]
+step = "app"
+"#,
+            reg.host
+        ),
+    );
+    let archive = env.path("out.tar");
+    let meta = env.path("meta.json");
+    env.kiln([
+        "build".to_string(),
+        def.display().to_string(),
+        "--output".into(),
+        format!("type=oci,dest={},name=example.com/app:2", archive.display()),
+        "--metadata-file".into(),
+        meta.display().to_string(),
+    ])
+    .success();
+
+    let v = json(&run(Command::new("skopeo")
+        .arg("inspect")
+        .arg(format!("oci-archive:{}", archive.display()))));
+    let layers = v["Layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 3, "{v}");
+    assert_eq!(layers[0], img.layers[0].digest.as_str());
+    assert_eq!(layers[1], img.layers[1].digest.as_str());
+    assert_eq!(v["Env"], serde_json::json!(["PATH=/bin", "TAG=v1"]));
+    let raw = json(&run(Command::new("skopeo")
+        .args(["inspect", "--raw"])
+        .arg(format!("oci-archive:{}", archive.display()))));
+    assert_eq!(
+        raw["layers"][1]["mediaType"],
+        "application/vnd.oci.image.layer.v1.tar"
+    );
+    let rootfs = unpack_archive(&env, &archive, "2", "registry");
+    assert_eq!(
+        tree(&rootfs).into_iter().collect::<Vec<_>>(),
+        [
+            ("app/", ""),
+            ("app/built", "built\n"),
+            ("bin/", ""),
+            ("bin/tool", "#!/bin/sh\n"),
+            ("etc/", ""),
+            ("etc/os-release", "ID=kiln-test\n"),
+        ]
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+    );
+
+    let m = json(&std::fs::read_to_string(&meta).unwrap());
+    let base = m["sources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["step"] == "base")
+        .unwrap()
+        .clone();
+    assert_eq!(base["pin"], img.manifest_digest.as_str(), "{m}");
+    assert_eq!(base["ref"], format!("{}/test/app:v1", reg.host), "{m}");
+    reg.stop();
+}
