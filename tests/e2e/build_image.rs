@@ -584,7 +584,7 @@ fn a_build_on_a_registry_image_exports_as_oci_and_records_ref_and_pin() {
     let env = Env::new();
     let def = env.write(
         "proj/kiln.build.toml",
-        &format!(
+        format!(
             r#"
 version = 1
 [steps.base]
