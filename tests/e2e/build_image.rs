@@ -655,3 +655,38 @@ step = "app"
     assert_eq!(base["ref"], format!("{}/test/app:v1", reg.host), "{m}");
     reg.stop();
 }
+
+/// Needs the image plugin (`oci-layout://`): a base layer gone from the content store
+/// (as after a prune) squashes the export into one layer, with a warning naming it.
+#[test]
+fn a_pruned_base_layer_squashes_the_export_with_a_warning() {
+    let env = Env::new();
+    let layout = make_layout(&env);
+    let def = env.write("proj/kiln.build.toml", DEF);
+    let archive = env.path("out.tar");
+    let out = vec![
+        "--output".to_string(),
+        format!("type=oci,dest={},name=app:1", archive.display()),
+    ];
+    build(&env, &def, &layout, &out).success();
+    let blob = env.root().join(format!(
+        "content/blobs/sha256/{}",
+        layout.layers[1].trim_start_matches("sha256:")
+    ));
+    std::fs::remove_file(&blob).unwrap();
+    let r = build(&env, &def, &layout, &out);
+    r.success();
+    assert!(
+        r.stderr.contains("squashed") && r.stderr.contains(&layout.layers[1]),
+        "{}",
+        r.stderr
+    );
+    let v = json(&run(Command::new("skopeo")
+        .arg("inspect")
+        .arg(format!("oci-archive:{}", archive.display()))));
+    assert_eq!(v["Layers"].as_array().unwrap().len(), 1, "{v}");
+    assert_eq!(v["Env"], serde_json::json!(["GREETING=hello"]));
+    let rootfs = unpack_archive(&env, &archive, "1", "squashed");
+    assert!(rootfs.join("app/VERSION").is_file());
+    assert!(!rootfs.join("etc/old").exists());
+}
