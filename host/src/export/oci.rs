@@ -220,7 +220,7 @@ fn copy_base_blobs<W: Write>(
 /// Why a base image cannot be exported as layers (then it is squashed), if it cannot.
 fn squash_reason(base: &BaseImage) -> Option<String> {
     if base.rootfs.is_none() {
-        return Some("its rootfs snapshot is not known".into());
+        return Some("the image source did not describe its layers".into());
     }
     base.layers.iter().find(|l| l.blob.is_none()).map(|l| {
         format!(
