@@ -66,11 +66,14 @@ pub struct Job {
 impl Job {
     /// A job with a fresh random id and no progress display.
     pub fn new(secrets: HashMap<String, Vec<u8>>, locals: HashMap<String, PathBuf>) -> Self {
+        let cancel = Arc::new(AtomicBool::new(false));
+        // SIGINT/SIGTERM cancel every job (crate::signals).
+        crate::signals::watch(&cancel);
         Self {
             id: new_job_id(),
             secrets,
             locals,
-            cancel: Arc::new(AtomicBool::new(false)),
+            cancel,
             progress: Arc::new(NoProgress),
         }
     }

@@ -11,10 +11,12 @@ pub mod export;
 pub mod job;
 pub mod plugins;
 pub mod progress;
+pub mod signals;
 pub mod solver;
 pub mod source_cache;
 pub mod source_manager;
 pub mod store;
 #[cfg(test)]
 mod testutil;
+pub mod text;
 pub mod worker;

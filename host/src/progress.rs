@@ -150,6 +150,23 @@ impl Progress {
 
     /// Reports `event` for `step` (a step name or a source identifier).
     pub fn step(&self, step: &str, event: StepEvent) {
+        // Step names, identifiers, task names and messages come from input and from
+        // the network: every mode shows them shortened, and the text modes escaped
+        // (JSON escapes control characters itself).
+        let shown_step = crate::text::one_line(step);
+        let event = match event {
+            StepEvent::Progress {
+                task,
+                current,
+                total,
+            } => StepEvent::Progress {
+                task: crate::text::shorten_words(&task).into_owned(),
+                current,
+                total,
+            },
+            StepEvent::Error(m) => StepEvent::Error(crate::text::shorten_words(&m).into_owned()),
+            e => e,
+        };
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let elapsed = match &event {
             StepEvent::Start => {
@@ -186,12 +203,17 @@ impl Progress {
                 let _ = w.flush();
             }
             Out::Lines { json: false, w } => {
+                let step = &shown_step;
                 let line = match &event {
                     StepEvent::Start => format!("=> {step}"),
                     StepEvent::Cached => format!("=> {step} CACHED"),
                     StepEvent::Done => format!("=> {step} DONE {}", secs(elapsed)),
-                    StepEvent::Error(m) => format!("=> {step} ERROR {}: {m}", secs(elapsed)),
-                    StepEvent::Log(m) => format!("   {step} | {m}"),
+                    StepEvent::Error(m) => format!(
+                        "=> {step} ERROR {}: {}",
+                        secs(elapsed),
+                        crate::text::escape(m)
+                    ),
+                    StepEvent::Log(m) => format!("   {step} | {}", crate::text::escape(m)),
                     StepEvent::Progress {
                         task,
                         current,
@@ -202,9 +224,9 @@ impl Progress {
                             return;
                         }
                         if *total > 0 {
-                            format!("   {step}: {task} {current}/{total}")
+                            format!("   {step}: {} {current}/{total}", crate::text::escape(task))
                         } else {
-                            format!("   {step}: {task}")
+                            format!("   {step}: {}", crate::text::escape(task))
                         }
                     }
                 };
@@ -220,7 +242,7 @@ impl Progress {
                             ProgressStyle::with_template("{spinner} {prefix:.bold} {wide_msg}")
                                 .unwrap_or_else(|_| ProgressStyle::default_spinner()),
                         );
-                        b.set_prefix(step.to_string());
+                        b.set_prefix(shown_step.clone());
                         b.enable_steady_tick(Duration::from_millis(120));
                         b
                     })
@@ -229,17 +251,24 @@ impl Progress {
                     StepEvent::Start => bar.set_message("running"),
                     StepEvent::Cached => bar.finish_with_message("CACHED"),
                     StepEvent::Done => bar.finish_with_message(format!("DONE {}", secs(elapsed))),
-                    StepEvent::Error(m) => bar.abandon_with_message(format!("ERROR: {m}")),
+                    StepEvent::Error(m) => {
+                        bar.abandon_with_message(format!("ERROR: {}", crate::text::escape(m)))
+                    }
                     // The running step shows its latest output line.
-                    StepEvent::Log(m) => bar.set_message(format!("| {m}")),
+                    StepEvent::Log(m) => bar.set_message(format!("| {}", crate::text::escape(m))),
                     StepEvent::Progress {
                         task,
                         current,
                         total,
                     } => bar.set_message(if *total > 0 {
-                        format!("{task} {}/{}", human(*current), human(*total))
+                        format!(
+                            "{} {}/{}",
+                            crate::text::escape(task),
+                            human(*current),
+                            human(*total)
+                        )
                     } else {
-                        format!("{task} {}", human(*current))
+                        format!("{} {}", crate::text::escape(task), human(*current))
                     }),
                 }
             }

@@ -119,6 +119,9 @@ impl Plugin {
 /// The scheme → plugin table.
 pub struct SourceManager {
     by_scheme: BTreeMap<String, Arc<Plugin>>,
+    /// Configured plugins that are not serving: the schemes each would serve and a
+    /// sentence saying which plugin it is and why it is not loaded.
+    unavailable: Vec<(Vec<String>, String)>,
 }
 
 /// A parsed identifier: what the plugin made of it.
@@ -186,7 +189,45 @@ impl SourceManager {
                 by_scheme.insert(s.clone(), plugin.clone());
             }
         }
-        Self { by_scheme }
+        Self {
+            by_scheme,
+            unavailable: Vec::new(),
+        }
+    }
+
+    /// Remembers the configured plugins that failed or are disabled, so that an
+    /// identifier of a scheme one of them would serve names it and why it is not
+    /// loaded. Its schemes are the ones its file declared, else the last part of its
+    /// id (the `io.kiln.source.v1.<scheme>` convention).
+    pub fn with_unavailable(mut self, statuses: &[crate::plugins::PluginStatus]) -> Self {
+        use crate::plugins::Status;
+        for st in statuses {
+            let why = match st.status {
+                Status::Loaded => continue,
+                Status::Disabled => "is listed in disabled_plugins".to_string(),
+                Status::Skipped => format!(
+                    "was skipped: {}",
+                    st.reason.as_deref().unwrap_or("no reason given")
+                ),
+                Status::Failed => format!(
+                    "failed to load: {}",
+                    st.reason.as_deref().unwrap_or("no reason given")
+                ),
+            };
+            let schemes = if st.schemes.is_empty() {
+                st.id
+                    .rsplit('.')
+                    .next()
+                    .map(str::to_string)
+                    .into_iter()
+                    .collect()
+            } else {
+                st.schemes.clone()
+            };
+            let text = format!("plugin {:?} ({}) {why}", st.id, st.path.display());
+            self.unavailable.push((schemes, text));
+        }
+        self
     }
 
     /// The schemes served, sorted.
@@ -213,6 +254,19 @@ impl SourceManager {
             ));
         };
         let Some(plugin) = self.by_scheme.get(scheme) else {
+            if let Some((_, why)) = self
+                .unavailable
+                .iter()
+                .find(|(schemes, _)| schemes.iter().any(|s| s == scheme))
+            {
+                return Err(SourceError::new(
+                    ErrorCode::INVALID_IDENTIFIER,
+                    format!(
+                        "unknown scheme {scheme:?} in source identifier {:?}: {why}",
+                        redact_userinfo(identifier)
+                    ),
+                ));
+            }
             return Err(SourceError::new(
                 ErrorCode::INVALID_IDENTIFIER,
                 format!(

@@ -129,10 +129,12 @@ impl Step {
 impl Definition {
     /// Reads and validates the definition at `path`.
     pub fn load(path: &Path) -> Result<Self, DefinitionError> {
-        let text = std::fs::read_to_string(path).map_err(|source| DefinitionError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let text =
+            crate::text::read_capped(path, crate::text::MAX_DEFINITION_BYTES, "build definition")
+                .map_err(|source| DefinitionError::Read {
+                path: path.to_path_buf(),
+                source,
+            })?;
         let dir = match path.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),

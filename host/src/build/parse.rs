@@ -12,12 +12,16 @@ use super::{
 
 type Res<T> = Result<T, DefinitionError>;
 
+/// The most an inline `mkfile` data string may hold (1 MiB): larger files belong in a
+/// local source, not in the definition (which is hashed and kept in memory whole).
+pub(crate) const MAX_MKFILE_DATA: usize = 1 << 20;
+
 const STEP_KEYS: &str =
     "source, attrs, platform, base, actions, merge, run, env, workdir, user, network or mounts";
 
 pub(super) fn parse(text: &str, dir: PathBuf) -> Res<Definition> {
-    let top: Table =
-        toml::from_str(text).map_err(|e| DefinitionError::syntax(one_line(&e.to_string())))?;
+    let top: Table = toml::from_str(text)
+        .map_err(|e| DefinitionError::syntax(crate::text::toml_error(text, &e)))?;
 
     for key in top.keys() {
         if !matches!(key.as_str(), "version" | "steps" | "output") {
@@ -153,7 +157,10 @@ fn parse_step(name: &str, t: &Table) -> Res<Step> {
         if !identifier.contains("://") {
             return Err(DefinitionError::step(
                 name,
-                format!("source {identifier:?} has no scheme (expected SCHEME://…)"),
+                format!(
+                    "source {:?} has no scheme (expected SCHEME://…)",
+                    crate::text::shorten(&identifier)
+                ),
             ));
         }
         let attrs = match t.get("attrs") {
@@ -178,7 +185,10 @@ fn parse_step(name: &str, t: &Table) -> Res<Step> {
             if !(2..=3).contains(&parts.len()) || parts.iter().any(|s| s.is_empty()) {
                 return Err(DefinitionError::step(
                     name,
-                    format!("platform {p:?} is not OS/ARCH[/VARIANT]"),
+                    format!(
+                        "platform {:?} is not OS/ARCH[/VARIANT]",
+                        crate::text::shorten(p)
+                    ),
                 ));
             }
         }
@@ -257,6 +267,22 @@ fn parse_action(step: &str, n: usize, v: &Value) -> Res<Action> {
             ))
         }
     };
+    if let Some(Value::String(data)) = v
+        .get("mkfile")
+        .and_then(|m| m.as_table())
+        .and_then(|m| m.get("data"))
+    {
+        if data.len() > MAX_MKFILE_DATA {
+            return Err(DefinitionError::step(
+                step,
+                format!(
+                    "action {n} (mkfile): `data` holds {} bytes, more than the limit of {} KiB; copy a larger file from a local source instead",
+                    data.len(),
+                    MAX_MKFILE_DATA >> 10
+                ),
+            ));
+        }
+    }
     let action: Action = v.clone().try_into().map_err(|e: toml::de::Error| {
         DefinitionError::step(
             step,

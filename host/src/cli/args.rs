@@ -199,13 +199,17 @@ pub fn read_secrets(values: &[String]) -> Result<HashMap<String, Vec<u8>>, CliEr
     for v in values {
         let spec = parse_secret(v)?;
         let value = match &spec.source {
-            SecretSource::File(p) => std::fs::read(p).map_err(|e| {
-                CliError::usage(format!(
-                    "--secret {}: cannot read {}: {e}",
-                    spec.id,
-                    p.display()
-                ))
-            })?,
+            SecretSource::File(p) => {
+                crate::text::read_capped_bytes(p, crate::text::MAX_SECRET_BYTES, "secret").map_err(
+                    |e| {
+                        CliError::usage(format!(
+                            "--secret {}: cannot read {}: {e}",
+                            spec.id,
+                            p.display()
+                        ))
+                    },
+                )?
+            }
             SecretSource::Env(var) => std::env::var_os(var)
                 .ok_or_else(|| {
                     CliError::usage(format!(

@@ -46,8 +46,9 @@ pub fn run(g: &Globals, a: BuildArgs) -> Result<(), CliError> {
         .outputs
         .iter()
         .map(|o| {
+            // The parse error already names the flag and its value.
             o.parse::<OutputSpec>()
-                .map_err(|e| CliError::usage(format!("--output {o:?}: {e}")))
+                .map_err(|e| CliError::usage(e.to_string()))
         })
         .collect::<Result<Vec<_>, _>>()?;
     let opts = BuildOptions {

@@ -1,6 +1,7 @@
 //! The `kiln` command line (DESIGN §4): flags, dispatch, exit codes.
 //!
-//! Exit codes: 0 success; 1 the build or fetch failed; 2 usage or configuration error.
+//! Exit codes: 0 success; 1 the build or fetch failed; 2 usage or configuration error;
+//! 130/143 cancelled by SIGINT/SIGTERM.
 
 mod args;
 mod build;
@@ -172,6 +173,8 @@ fn init_logging(level: u8) {
 
 /// Runs the command line; returns the process exit code.
 pub fn main() -> ExitCode {
+    // Before any thread starts: SIGINT/SIGTERM cancel the job (crate::signals).
+    crate::signals::install();
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
@@ -208,10 +211,16 @@ pub fn main() -> ExitCode {
         Command::Cache(c) => cache::run(&globals, c),
         Command::Config(c) => config_cmd::run(&globals, c),
     };
+    if let Some(sig) = crate::signals::received() {
+        // Whatever the command made of the cancellation, say what happened.
+        eprintln!("error: cancelled by {}", crate::signals::name(sig));
+        return ExitCode::from(crate::signals::exit_code(sig));
+    }
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {}", e.message);
+            // Errors echo identifiers, paths and server replies: cut and escaped.
+            eprintln!("error: {}", crate::text::for_terminal(&e.message));
             ExitCode::from(e.code)
         }
     }

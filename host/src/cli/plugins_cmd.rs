@@ -1,7 +1,7 @@
 //! `kiln plugins list [--json]`.
 
 use super::{CliError, Globals};
-use crate::plugins::{LoadOptions, Status};
+use crate::plugins::{LoadOptions, PluginStatus, Status};
 
 /// Plugin commands.
 #[derive(clap::Subcommand, Debug)]
@@ -37,7 +37,7 @@ pub fn run(g: &Globals, cmd: PluginsCommand) -> Result<(), CliError> {
             })
             .collect();
         println!("{}", serde_json::to_string_pretty(&rows).expect("JSON"));
-        return Ok(());
+        return failures(&app.plugin_statuses);
     }
     println!(
         "{:<28} {:<9} {:<9} {:<22} PATH",
@@ -60,11 +60,32 @@ pub fn run(g: &Globals, cmd: PluginsCommand) -> Result<(), CliError> {
             } else {
                 s.schemes.join(",")
             },
-            s.path.display()
+            crate::text::escape(&s.path.display().to_string())
         );
         if let Some(r) = &s.reason {
-            println!("    {r}");
+            println!("    {}", crate::text::one_line(r));
         }
     }
-    Ok(())
+    failures(&app.plugin_statuses)
+}
+
+/// A configuration error (exit code 2) naming every configured, enabled plugin that
+/// failed to load (their reasons are in the listing above it), so that scripts and
+/// service checks notice; `Ok` when none did. Skipped plugins (which asked to be left
+/// out) and disabled ones are not failures.
+fn failures(statuses: &[PluginStatus]) -> Result<(), CliError> {
+    let failed: Vec<&str> = statuses
+        .iter()
+        .filter(|s| s.status == Status::Failed)
+        .map(|s| s.id.as_str())
+        .collect();
+    if failed.is_empty() {
+        return Ok(());
+    }
+    Err(CliError::usage(format!(
+        "{} configured plugin{} failed to load (see the listing for why): {}",
+        failed.len(),
+        if failed.len() == 1 { "" } else { "s" },
+        failed.join(", ")
+    )))
 }

@@ -143,10 +143,11 @@ fn resolve_json(op: &SourceOp, maps: &[CacheMap]) -> serde_json::Value {
 }
 
 fn print_human(op: &SourceOp, maps: &[CacheMap]) {
-    println!("identifier: {}", op.identifier().canonical);
-    println!("pin:        {}", op.pin().unwrap_or_default());
+    use crate::text::escape;
+    println!("identifier: {}", escape(&op.identifier().canonical));
+    println!("pin:        {}", escape(&op.pin().unwrap_or_default()));
     for m in maps {
-        println!("key[{}]:     {}", m.index, m.key);
+        println!("key[{}]:     {}", m.index, escape(&m.key));
         println!("digest[{}]:  {}", m.index, m.digest);
     }
 }

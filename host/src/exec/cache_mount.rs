@@ -51,6 +51,8 @@ impl CacheMount {
         cancel: &AtomicBool,
     ) -> Result<CacheMount, ExecError> {
         mkdir_private(base)?;
+        // Lock files are opened beneath the kiln root that `base` is in.
+        let root = base.parent().unwrap_or(base);
         // The id is user text: a hash names the folder.
         let name = hex::encode(Sha256::digest(id.as_bytes()));
         let lock_err = |e| ExecError::setup(format!("lock cache mount {id:?}"), e);
@@ -59,7 +61,7 @@ impl CacheMount {
             Sharing::Locked => {
                 let lock_path = base.join(format!("{name}.lock"));
                 let lock = loop {
-                    if let Some(l) = FileLock::try_acquire(&lock_path).map_err(lock_err)? {
+                    if let Some(l) = FileLock::try_acquire(root, &lock_path).map_err(lock_err)? {
                         break l;
                     }
                     if cancel.load(Ordering::Relaxed) {
@@ -78,7 +80,7 @@ impl CacheMount {
                         format!("{name}-{n}")
                     };
                     let lock_path = base.join(format!("{instance}.lock"));
-                    if let Some(l) = FileLock::try_acquire(&lock_path).map_err(lock_err)? {
+                    if let Some(l) = FileLock::try_acquire(root, &lock_path).map_err(lock_err)? {
                         break (base.join(instance), Some(l));
                     }
                     n += 1;

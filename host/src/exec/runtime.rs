@@ -79,6 +79,11 @@ fn on_path(name: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
+/// The kiln root that `<root>/exec` is in (lock files are opened beneath it).
+fn kiln_root(exec_dir: &Path) -> &Path {
+    exec_dir.parent().unwrap_or(exec_dir)
+}
+
 fn state_dir(exec_dir: &Path) -> PathBuf {
     exec_dir.join("state")
 }
@@ -104,7 +109,7 @@ impl Bundle {
         mkdir_private(&state_dir(exec_dir))?;
         let id = format!("kiln-{}", crate::job::new_job_id());
         let dir = bundles.join(&id);
-        let lock = FileLock::acquire(&bundles.join(format!("{id}.lock")))
+        let lock = FileLock::acquire(kiln_root(exec_dir), &bundles.join(format!("{id}.lock")))
             .map_err(|e| ExecError::setup("lock the run's bundle", e))?;
         mkdir_private(&dir)?;
         Ok(Bundle {
@@ -395,7 +400,7 @@ pub fn reap_stale(exec_dir: &Path, runtime: Option<&Runtime>) {
         let Some(id) = name.strip_suffix(".lock") else {
             continue;
         };
-        let Ok(Some(lock)) = FileLock::try_existing(&e.path()) else {
+        let Ok(Some(lock)) = FileLock::try_existing(kiln_root(exec_dir), &e.path()) else {
             continue;
         };
         tracing::info!("removing the run {id} that an earlier kiln left behind");

@@ -26,7 +26,7 @@ use std::str::FromStr;
 use std::sync::atomic::AtomicBool;
 
 pub use oci::Platform;
-pub use tarball::{write_tree_tar, HashingWriter};
+pub use tarball::{write_output_file, write_tree_tar, HashingWriter};
 
 use crate::worker::WorkerError;
 

@@ -397,15 +397,8 @@ fn write_metadata(path: &std::path::Path, s: &BuildSummary) -> Result<(), BuildE
         "containerimage.digest": digest,
     });
     let text = serde_json::to_string_pretty(&v).expect("JSON encodes");
-    let tmp = path.with_extension("tmp~");
-    std::fs::write(&tmp, text + "\n")
-        .and_then(|_| std::fs::rename(&tmp, path))
-        .map_err(|e| {
-            BuildError::Failed(format!(
-                "cannot write --metadata-file {}: {e}",
-                path.display()
-            ))
-        })
+    crate::export::write_output_file(path, (text + "\n").as_bytes())
+        .map_err(|e| BuildError::Failed(format!("cannot write --metadata-file: {e}")))
 }
 
 #[cfg(test)]

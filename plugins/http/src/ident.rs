@@ -28,6 +28,9 @@ pub mod attr {
     pub const SIG_PUBKEY: &str = "http.sig.pubkey";
     /// PGP signature verification (not supported).
     pub const SIG_SIGNATURE: &str = "http.sig.signature";
+    /// kiln's own: the longest body accepted for this source, in bytes (overrides the
+    /// plugin's `max_body_bytes`; not part of the cache key).
+    pub const MAX_SIZE: &str = "http.maxsize";
 }
 
 /// A parsed `http(s)://` identifier.
@@ -54,6 +57,8 @@ pub struct HttpIdentifier {
     pub auth_header_secret: Option<String>,
     /// Accepted user headers, sorted by name.
     pub headers: Vec<HeaderField>,
+    /// `http.maxsize`: this source's body limit, if set.
+    pub max_size: Option<u64>,
 }
 
 impl fmt::Display for HttpIdentifier {
@@ -134,6 +139,7 @@ impl HttpIdentifier {
             gid: 0,
             auth_header_secret: None,
             headers: Vec::new(),
+            max_size: None,
         };
         let bad = |key: &str, why: String| {
             PluginError::invalid_identifier(format!(
@@ -170,6 +176,17 @@ impl HttpIdentifier {
                     } else {
                         id.gid = n;
                     }
+                }
+                attr::MAX_SIZE => {
+                    let n = v
+                        .trim()
+                        .parse::<u64>()
+                        .ok()
+                        .filter(|n| *n > 0)
+                        .ok_or_else(|| {
+                            bad(k, format!("expected a positive number of bytes, got {v:?}"))
+                        })?;
+                    id.max_size = Some(n);
                 }
                 attr::AUTH_HEADER_SECRET => {
                     if !v.is_empty() {

@@ -21,12 +21,15 @@ pub const ATTR_FOLLOW: &str = "local.followpaths";
 pub const ATTR_SHARED_KEY_HINT: &str = "local.sharedkeyhint";
 /// `local.differ`: `metadata` (default) or `none`.
 pub const ATTR_DIFFER: &str = "local.differ";
+/// `local.ignorefile`: an ignore file (`.dockerignore` syntax) relative to the
+/// context's root; default `.dockerignore`; empty: none.
+pub const ATTR_IGNORE_FILE: &str = "local.ignorefile";
 /// `local.metadatatransfer`: BuildKit's metadata-only transfer (only `false` here).
 pub const ATTR_METADATA_TRANSFER: &str = "local.metadatatransfer";
 /// `local.metadatatransferexclude`: patterns for the metadata-only transfer.
 pub const ATTR_METADATA_TRANSFER_EXCLUDE: &str = "local.metadatatransferexclude";
 
-const KNOWN: [&str; 10] = [
+const KNOWN: [&str; 11] = [
     ATTR_SESSION,
     ATTR_UNIQUE,
     ATTR_INCLUDE,
@@ -35,6 +38,7 @@ const KNOWN: [&str; 10] = [
     ATTR_FOLLOW,
     ATTR_SHARED_KEY_HINT,
     ATTR_DIFFER,
+    ATTR_IGNORE_FILE,
     ATTR_METADATA_TRANSFER,
     ATTR_METADATA_TRANSFER_EXCLUDE,
 ];
@@ -42,9 +46,10 @@ const KNOWN: [&str; 10] = [
 /// How a transfer decides that a file is unchanged since an earlier one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Differ {
-    /// Size, mtime and mode (BuildKit's default).
+    /// Size, times, mode, owner and inode (BuildKit's default): unchanged files are
+    /// taken from the kept copy of the last snapshot.
     Metadata,
-    /// Always transfer.
+    /// Always copy every file.
     None,
 }
 
@@ -68,6 +73,11 @@ pub struct LocalId {
     pub shared_key_hint: Option<String>,
     /// `local.differ`.
     pub differ: Differ,
+    /// The ignore file, relative to the context root: `Some(".dockerignore")` by
+    /// default (used when present), `None` when `local.ignorefile` is empty.
+    pub ignore_file: Option<String>,
+    /// Whether `local.ignorefile` named the file (then it must exist).
+    pub ignore_file_explicit: bool,
 }
 
 impl fmt::Display for LocalId {
@@ -193,6 +203,23 @@ impl LocalId {
             }
         }
 
+        let (ignore_file, ignore_file_explicit) = match request.attr(ATTR_IGNORE_FILE) {
+            None => (Some(crate::ignore::DEFAULT.to_string()), false),
+            Some("") => (None, true),
+            Some(p) => {
+                let bad = p.starts_with('/')
+                    || p.split('/').any(|c| c == "..")
+                    || p.chars().any(char::is_control);
+                if bad {
+                    return Err(invalid(
+                        name,
+                        format!("attribute {ATTR_IGNORE_FILE} must be a path inside the context, like .dockerignore or docker/app.ignore, not {p:?}"),
+                    ));
+                }
+                (Some(p.to_string()), true)
+            }
+        };
+
         Ok(LocalId {
             name: name.to_string(),
             key_name,
@@ -202,6 +229,8 @@ impl LocalId {
             follow,
             shared_key_hint: request.attr(ATTR_SHARED_KEY_HINT).map(str::to_string),
             differ,
+            ignore_file,
+            ignore_file_explicit,
         })
     }
 }
@@ -230,6 +259,12 @@ mod tests {
         assert_eq!(id.key_name, "context");
         assert_eq!(id.include, None);
         assert_eq!(id.differ, Differ::Metadata);
+        assert_eq!(id.ignore_file.as_deref(), Some(".dockerignore"));
+        let id = LocalId::parse(&req("context", &[(ATTR_IGNORE_FILE, "")])).unwrap();
+        assert_eq!(id.ignore_file, None);
+        let id = LocalId::parse(&req("context", &[(ATTR_IGNORE_FILE, "ci/ignore")])).unwrap();
+        assert_eq!(id.ignore_file.as_deref(), Some("ci/ignore"));
+        assert!(id.ignore_file_explicit);
     }
 
     #[test]
@@ -278,6 +313,8 @@ mod tests {
             (vec![(ATTR_FOLLOW, "")], ATTR_FOLLOW),
             (vec![(ATTR_EXCLUDE, r#"["[oops"]"#)], "[oops"),
             (vec![(ATTR_DIFFER, "content")], ATTR_DIFFER),
+            (vec![(ATTR_IGNORE_FILE, "../x")], ATTR_IGNORE_FILE),
+            (vec![(ATTR_IGNORE_FILE, "/etc/x")], ATTR_IGNORE_FILE),
             (
                 vec![(ATTR_METADATA_TRANSFER, "maybe")],
                 ATTR_METADATA_TRANSFER,
