@@ -16,6 +16,8 @@ declare -A needs=(
   [openssl]=openssl
   [docker-registry]=docker-registry
   [htpasswd]=apache2-utils
+  [runc]=runc
+  [busybox]=busybox-static
 )
 missing=()
 for prog in "${!needs[@]}"; do

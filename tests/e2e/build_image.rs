@@ -690,3 +690,126 @@ fn a_pruned_base_layer_squashes_the_export_with_a_warning() {
     assert!(rootfs.join("app/VERSION").is_file());
     assert!(!rootfs.join("etc/old").exists());
 }
+
+/// Needs the image plugin, `docker-registry`, `htpasswd` and `openssl`: a build on a
+/// private image (basic auth behind TLS, credentials from a docker `config.json`)
+/// exports and writes its metadata without the credentials anywhere: not in the
+/// metadata file, the archive, the output or the store.
+#[test]
+fn credentials_never_reach_the_metadata_the_archive_or_the_store() {
+    use kiln_tests::registry::image::{image, layer, Compression, Entry};
+    use kiln_tests::registry::{base64, Auth, Registry, Tls};
+    let (user, pass) = ("meta-user", "meta-Pa55word");
+    let open = Registry::start();
+    let img = image(
+        vec![layer(
+            &[
+                Entry::Dir("etc".into()),
+                Entry::File("etc/motd".into(), b"private\n".to_vec(), 0o644),
+            ],
+            Compression::Gzip,
+        )],
+        "linux/amd64",
+        &["PATH=/bin"],
+    );
+    open.push_image("test/private", "1", &img);
+    let keep = tempfile::tempdir().unwrap();
+    let data = keep.path().join("data");
+    run(Command::new("cp").arg("-a").arg(&open.storage).arg(&data));
+    open.stop();
+    let tls = Tls::make(&keep.path().join("tls"));
+    let reg = Registry::start_with(
+        Some(&data),
+        Some(&tls),
+        Auth::Basic(user.into(), pass.into()),
+    );
+
+    let env = Env::new();
+    let auth = base64(format!("{user}:{pass}").as_bytes());
+    env.write(
+        "docker/config.json",
+        format!(
+            r#"{{"auths":{{"https://{}":{{"auth":"{auth}"}}}}}}"#,
+            reg.host
+        ),
+    );
+    let config = env.write(
+        "kiln.toml",
+        format!(
+            "version = 1\n[plugins.\"io.kiln.source.v1.image\"]\npath = {:?}\n\
+             [plugins.\"io.kiln.source.v1.image\".config.registry.\"{}\"]\nhttp = false\nca = [{:?}]\n\
+             [plugins.\"io.kiln.source.v1.local\"]\npath = {:?}\n",
+            kiln_tests::plugin_file("kiln_source_image")
+                .display()
+                .to_string(),
+            reg.host,
+            tls.ca.display().to_string(),
+            kiln_tests::plugin_file("kiln_source_local")
+                .display()
+                .to_string(),
+        ),
+    );
+    let def = env.write(
+        "proj/kiln.build.toml",
+        format!(
+            "version = 1\n[steps.base]\nsource = \"docker-image://{}/test/private:1\"\n\
+             platform = \"linux/amd64\"\n[steps.app]\nbase = \"base\"\n\
+             actions = [{{ mkfile = {{ path = \"/etc/built\", data = \"yes\" }} }}]\n\
+             [output]\nstep = \"app\"\n",
+            reg.host
+        ),
+    );
+    let archive = env.path("out/private.tar");
+    let meta = env.path("out/meta.json");
+    let out = env
+        .command()
+        .env("DOCKER_CONFIG", env.path("docker"))
+        .env("HOME", env.path("home"))
+        .env_remove("REGISTRY_AUTH_FILE")
+        .env_remove("XDG_RUNTIME_DIR")
+        .arg("--config")
+        .arg(&config)
+        .args(["--progress", "json", "build"])
+        .arg(&def)
+        .arg("--output")
+        .arg(format!(
+            "type=oci,dest={},name=private:1",
+            archive.display()
+        ))
+        .arg("--metadata-file")
+        .arg(&meta)
+        .output()
+        .unwrap();
+    let r = Run::from(out);
+    r.success();
+    let m = json(&std::fs::read_to_string(&meta).unwrap());
+    let base = m["sources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["step"] == "base")
+        .unwrap()
+        .clone();
+    assert_eq!(base["ref"], format!("{}/test/private:1", reg.host), "{m}");
+    assert_eq!(base["pin"], img.manifest_digest.as_str(), "{m}");
+    let v = json(&run(Command::new("skopeo")
+        .arg("inspect")
+        .arg(format!("oci-archive:{}", archive.display()))));
+    assert_eq!(v["Layers"][0], img.layers[0].digest.as_str(), "{v}");
+    for secret in [pass, auth.as_str()] {
+        assert!(!r.stderr.contains(secret) && !r.stdout.contains(secret));
+        let found = Command::new("grep")
+            .arg("-rlaF")
+            .arg(secret)
+            .arg(env.path("out"))
+            .arg(env.root())
+            .output()
+            .unwrap();
+        assert!(
+            found.stdout.is_empty(),
+            "{secret:?} found in {}",
+            String::from_utf8_lossy(&found.stdout)
+        );
+    }
+    reg.stop();
+}
