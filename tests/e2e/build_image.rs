@@ -551,3 +551,265 @@ step = "run"
     entries.sort();
     assert_eq!(entries, ["etc/", "etc/.wh.doomed", "srv/", "srv/out.txt"]);
 }
+
+/// Needs the image plugin and `docker-registry`: a build on an image pulled from a
+/// real registry on loopback exports its layers (one gzip, one uncompressed) as the
+/// same blobs plus one layer, and the metadata file records the ref and pin.
+#[test]
+fn a_build_on_a_registry_image_exports_as_oci_and_records_ref_and_pin() {
+    use kiln_tests::registry::image::{image, layer, Compression, Entry};
+    use kiln_tests::registry::Registry;
+    require_program("umoci", "umoci");
+    require_program("skopeo", "skopeo");
+    let reg = Registry::start();
+    let l1 = layer(
+        &[
+            Entry::Dir("etc".into()),
+            Entry::File("etc/os-release".into(), b"ID=kiln-test\n".to_vec(), 0o644),
+            Entry::Dir("bin".into()),
+            Entry::File("bin/tool".into(), b"#!/bin/sh\n".to_vec(), 0o755),
+        ],
+        Compression::Gzip,
+    );
+    let l2 = layer(
+        &[
+            Entry::Dir("app".into()),
+            Entry::File("app/hello".into(), b"hello\n".to_vec(), 0o644),
+        ],
+        Compression::None,
+    );
+    let img = image(vec![l1, l2], "linux/amd64", &["PATH=/bin", "TAG=v1"]);
+    reg.push_image("test/app", "v1", &img);
+
+    let env = Env::new();
+    let def = env.write(
+        "proj/kiln.build.toml",
+        format!(
+            r#"
+version = 1
+[steps.base]
+source = "docker-image://{}/test/app:v1"
+platform = "linux/amd64"
+[steps.app]
+base = "base"
+actions = [
+  {{ rm = {{ path = "/app/hello" }} }},
+  {{ mkfile = {{ path = "/app/built", data = "built\n" }} }},
+]
+[output]
+step = "app"
+"#,
+            reg.host
+        ),
+    );
+    let archive = env.path("out.tar");
+    let meta = env.path("meta.json");
+    env.kiln([
+        "build".to_string(),
+        def.display().to_string(),
+        "--output".into(),
+        format!("type=oci,dest={},name=example.com/app:2", archive.display()),
+        "--metadata-file".into(),
+        meta.display().to_string(),
+    ])
+    .success();
+
+    let v = json(&run(Command::new("skopeo")
+        .arg("inspect")
+        .arg(format!("oci-archive:{}", archive.display()))));
+    let layers = v["Layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 3, "{v}");
+    assert_eq!(layers[0], img.layers[0].digest.as_str());
+    assert_eq!(layers[1], img.layers[1].digest.as_str());
+    assert_eq!(v["Env"], serde_json::json!(["PATH=/bin", "TAG=v1"]));
+    let raw = json(&run(Command::new("skopeo")
+        .args(["inspect", "--raw"])
+        .arg(format!("oci-archive:{}", archive.display()))));
+    assert_eq!(
+        raw["layers"][1]["mediaType"],
+        "application/vnd.oci.image.layer.v1.tar"
+    );
+    let rootfs = unpack_archive(&env, &archive, "2", "registry");
+    assert_eq!(
+        tree(&rootfs).into_iter().collect::<Vec<_>>(),
+        [
+            ("app/", ""),
+            ("app/built", "built\n"),
+            ("bin/", ""),
+            ("bin/tool", "#!/bin/sh\n"),
+            ("etc/", ""),
+            ("etc/os-release", "ID=kiln-test\n"),
+        ]
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+    );
+
+    let m = json(&std::fs::read_to_string(&meta).unwrap());
+    let base = m["sources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["step"] == "base")
+        .unwrap()
+        .clone();
+    assert_eq!(base["pin"], img.manifest_digest.as_str(), "{m}");
+    assert_eq!(base["ref"], format!("{}/test/app:v1", reg.host), "{m}");
+    reg.stop();
+}
+
+/// Needs the image plugin (`oci-layout://`): a base layer gone from the content store
+/// (as after a prune) squashes the export into one layer, with a warning naming it.
+#[test]
+fn a_pruned_base_layer_squashes_the_export_with_a_warning() {
+    let env = Env::new();
+    let layout = make_layout(&env);
+    let def = env.write("proj/kiln.build.toml", DEF);
+    let archive = env.path("out.tar");
+    let out = vec![
+        "--output".to_string(),
+        format!("type=oci,dest={},name=app:1", archive.display()),
+    ];
+    build(&env, &def, &layout, &out).success();
+    let blob = env.root().join(format!(
+        "content/blobs/sha256/{}",
+        layout.layers[1].trim_start_matches("sha256:")
+    ));
+    std::fs::remove_file(&blob).unwrap();
+    let r = build(&env, &def, &layout, &out);
+    r.success();
+    assert!(
+        r.stderr.contains("squashed") && r.stderr.contains(&layout.layers[1]),
+        "{}",
+        r.stderr
+    );
+    let v = json(&run(Command::new("skopeo")
+        .arg("inspect")
+        .arg(format!("oci-archive:{}", archive.display()))));
+    assert_eq!(v["Layers"].as_array().unwrap().len(), 1, "{v}");
+    assert_eq!(v["Env"], serde_json::json!(["GREETING=hello"]));
+    let rootfs = unpack_archive(&env, &archive, "1", "squashed");
+    assert!(rootfs.join("app/VERSION").is_file());
+    assert!(!rootfs.join("etc/old").exists());
+}
+
+/// Needs the image plugin, `docker-registry`, `htpasswd` and `openssl`: a build on a
+/// private image (basic auth behind TLS, credentials from a docker `config.json`)
+/// exports and writes its metadata without the credentials anywhere: not in the
+/// metadata file, the archive, the output or the store.
+#[test]
+fn credentials_never_reach_the_metadata_the_archive_or_the_store() {
+    use kiln_tests::registry::image::{image, layer, Compression, Entry};
+    use kiln_tests::registry::{base64, Auth, Registry, Tls};
+    let (user, pass) = ("meta-user", "meta-Pa55word");
+    let open = Registry::start();
+    let img = image(
+        vec![layer(
+            &[
+                Entry::Dir("etc".into()),
+                Entry::File("etc/motd".into(), b"private\n".to_vec(), 0o644),
+            ],
+            Compression::Gzip,
+        )],
+        "linux/amd64",
+        &["PATH=/bin"],
+    );
+    open.push_image("test/private", "1", &img);
+    let keep = tempfile::tempdir().unwrap();
+    let data = keep.path().join("data");
+    run(Command::new("cp").arg("-a").arg(&open.storage).arg(&data));
+    open.stop();
+    let tls = Tls::make(&keep.path().join("tls"));
+    let reg = Registry::start_with(
+        Some(&data),
+        Some(&tls),
+        Auth::Basic(user.into(), pass.into()),
+    );
+
+    let env = Env::new();
+    let auth = base64(format!("{user}:{pass}").as_bytes());
+    env.write(
+        "docker/config.json",
+        format!(
+            r#"{{"auths":{{"https://{}":{{"auth":"{auth}"}}}}}}"#,
+            reg.host
+        ),
+    );
+    let config = env.write(
+        "kiln.toml",
+        format!(
+            "version = 1\n[plugins.\"io.kiln.source.v1.image\"]\npath = {:?}\n\
+             [plugins.\"io.kiln.source.v1.image\".config.registry.\"{}\"]\nhttp = false\nca = [{:?}]\n\
+             [plugins.\"io.kiln.source.v1.local\"]\npath = {:?}\n",
+            kiln_tests::plugin_file("kiln_source_image")
+                .display()
+                .to_string(),
+            reg.host,
+            tls.ca.display().to_string(),
+            kiln_tests::plugin_file("kiln_source_local")
+                .display()
+                .to_string(),
+        ),
+    );
+    let def = env.write(
+        "proj/kiln.build.toml",
+        format!(
+            "version = 1\n[steps.base]\nsource = \"docker-image://{}/test/private:1\"\n\
+             platform = \"linux/amd64\"\n[steps.app]\nbase = \"base\"\n\
+             actions = [{{ mkfile = {{ path = \"/etc/built\", data = \"yes\" }} }}]\n\
+             [output]\nstep = \"app\"\n",
+            reg.host
+        ),
+    );
+    let archive = env.path("out/private.tar");
+    let meta = env.path("out/meta.json");
+    let out = env
+        .command()
+        .env("DOCKER_CONFIG", env.path("docker"))
+        .env("HOME", env.path("home"))
+        .env_remove("REGISTRY_AUTH_FILE")
+        .env_remove("XDG_RUNTIME_DIR")
+        .arg("--config")
+        .arg(&config)
+        .args(["--progress", "json", "build"])
+        .arg(&def)
+        .arg("--output")
+        .arg(format!(
+            "type=oci,dest={},name=private:1",
+            archive.display()
+        ))
+        .arg("--metadata-file")
+        .arg(&meta)
+        .output()
+        .unwrap();
+    let r = Run::from(out);
+    r.success();
+    let m = json(&std::fs::read_to_string(&meta).unwrap());
+    let base = m["sources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["step"] == "base")
+        .unwrap()
+        .clone();
+    assert_eq!(base["ref"], format!("{}/test/private:1", reg.host), "{m}");
+    assert_eq!(base["pin"], img.manifest_digest.as_str(), "{m}");
+    let v = json(&run(Command::new("skopeo")
+        .arg("inspect")
+        .arg(format!("oci-archive:{}", archive.display()))));
+    assert_eq!(v["Layers"][0], img.layers[0].digest.as_str(), "{v}");
+    for secret in [pass, auth.as_str()] {
+        assert!(!r.stderr.contains(secret) && !r.stdout.contains(secret));
+        let found = Command::new("grep")
+            .arg("-rlaF")
+            .arg(secret)
+            .arg(env.path("out"))
+            .arg(env.root())
+            .output()
+            .unwrap();
+        assert!(
+            found.stdout.is_empty(),
+            "{secret:?} found in {}",
+            String::from_utf8_lossy(&found.stdout)
+        );
+    }
+    reg.stop();
+}

@@ -100,6 +100,17 @@ struct Walk<'a> {
     opaques: Vec<PathBuf>,
     /// Every path of each hard-linked regular file of the result.
     links: HashMap<(u64, u64), Vec<PathBuf>>,
+    /// Regular files whose metadata agree with the base's: (relative path, result
+    /// file, base file, size), compared by content after the walk, in parallel.
+    to_compare: Vec<(PathBuf, PathBuf, PathBuf, u64)>,
+}
+
+/// Whether a non-directory entry is unchanged.
+enum Same {
+    Yes,
+    No,
+    /// Same metadata, other inode: the contents decide.
+    IfContentEqual,
 }
 
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> ExportError + 'a {
@@ -133,8 +144,11 @@ pub fn changes(
         whiteouts: Vec::new(),
         opaques: Vec::new(),
         links: HashMap::new(),
+        to_compare: Vec::new(),
     };
     w.dir(Some(base), tree, Path::new(""))?;
+    let pending = std::mem::take(&mut w.to_compare);
+    w.entries.extend(differing(pending, cancel)?);
 
     // A hard-linked file written once is written under all of its names.
     for paths in w.links.values() {
@@ -245,10 +259,17 @@ impl Walk<'_> {
             } else {
                 let same = match (&bpath, &bm) {
                     (Some(bp), Some(bm)) => same_entry(&path, &tm, bp, bm)?,
-                    _ => false,
+                    _ => Same::No,
                 };
-                if !same {
-                    self.entries.insert(rel);
+                match same {
+                    Same::Yes => {}
+                    Same::No => {
+                        self.entries.insert(rel);
+                    }
+                    Same::IfContentEqual => {
+                        let bp = bpath.expect("compared against a base entry");
+                        self.to_compare.push((rel, path, bp, tm.size()));
+                    }
                 }
             }
         }
@@ -291,28 +312,76 @@ fn same_meta(a: &Path, am: &Metadata, b: &Path, bm: &Metadata) -> Result<bool, E
     Ok(ax == bx)
 }
 
-/// A non-directory entry is unchanged: same metadata, and same link target, device
-/// numbers or content.
-fn same_entry(a: &Path, am: &Metadata, b: &Path, bm: &Metadata) -> Result<bool, ExportError> {
+/// Whether a non-directory entry is unchanged: same metadata, and same link target,
+/// device numbers or (decided later) content.
+fn same_entry(a: &Path, am: &Metadata, b: &Path, bm: &Metadata) -> Result<Same, ExportError> {
+    let yes_if = |c: bool| if c { Same::Yes } else { Same::No };
     if !same_meta(a, am, b, bm)? || am.size() != bm.size() || am.nlink() != bm.nlink() {
-        return Ok(false);
+        return Ok(Same::No);
     }
     let t = am.file_type();
     if t.is_symlink() {
         let at = fs::read_link(a).map_err(io_err("readlink", a))?;
         let bt = fs::read_link(b).map_err(io_err("readlink", b))?;
-        return Ok(at == bt);
+        return Ok(yes_if(at == bt));
     }
     if t.is_char_device() || t.is_block_device() {
-        return Ok(am.rdev() == bm.rdev());
+        return Ok(yes_if(am.rdev() == bm.rdev()));
     }
-    if t.is_file() {
-        if am.dev() == bm.dev() && am.ino() == bm.ino() {
-            return Ok(true);
+    if t.is_file() && am.size() > 0 && (am.dev(), am.ino()) != (bm.dev(), bm.ino()) {
+        return Ok(Same::IfContentEqual);
+    }
+    Ok(Same::Yes)
+}
+
+/// The relative paths of the `pending` files whose contents differ from their base
+/// file's, compared on a few threads (reading dominates).
+fn differing(
+    pending: Vec<(PathBuf, PathBuf, PathBuf, u64)>,
+    cancel: Option<&AtomicBool>,
+) -> Result<Vec<PathBuf>, ExportError> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, 4)
+        .min(pending.len().max(1));
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let work = |_: usize| -> Result<Vec<PathBuf>, ExportError> {
+        let mut out = Vec::new();
+        loop {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            let Some((rel, a, b, size)) = pending.get(i) else {
+                return Ok(out);
+            };
+            if cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
+                return Err(ExportError::io(
+                    "diff",
+                    a,
+                    io::Error::new(io::ErrorKind::Interrupted, "cancelled"),
+                ));
+            }
+            if !same_content(a, b, *size)? {
+                out.push(rel.clone());
+            }
         }
-        return same_content(a, b, am.size());
+    };
+    if threads <= 1 {
+        return work(0);
     }
-    Ok(true)
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (1..threads).map(|t| s.spawn(move || work(t))).collect();
+        let mut all = work(0)?;
+        for h in handles {
+            let part = h.join().map_err(|_| {
+                ExportError::io(
+                    "diff",
+                    Path::new("."),
+                    io::Error::other("a comparison thread panicked"),
+                )
+            })??;
+            all.extend(part);
+        }
+        Ok(all)
+    })
 }
 
 fn same_content(a: &Path, b: &Path, size: u64) -> Result<bool, ExportError> {

@@ -243,7 +243,8 @@ pub struct BaseImage {
     /// The layers the image source used (after `image.layerlimit`), bottom first.
     pub layers: Vec<BaseLayer>,
     /// The image's rootfs (the source's snapshot), which the new layer is a diff
-    /// against; `None` squashes the result into one layer.
+    /// against; `None` (the source did not list its layers) squashes the result into
+    /// one layer.
     pub rootfs: Option<PathBuf>,
 }
 

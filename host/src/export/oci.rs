@@ -140,6 +140,19 @@ fn layered_config(
             layers <= used
         });
     }
+    // One history entry per layer: a base image with less history (or none) gets
+    // placeholders for its first layers, so the new layer's entry lines up with it.
+    let described = history
+        .iter()
+        .filter(|e| e.get("empty_layer").and_then(Value::as_bool) != Some(true))
+        .count();
+    if described < used {
+        let missing = std::iter::repeat_n(
+            json!({ "comment": "no history in the base image for this layer" }),
+            used - described,
+        );
+        history.splice(0..0, missing);
+    }
     if let Some(d) = new_diff_id {
         diff_ids.push(json!(d));
         history.push(json!({ "created_by": "kiln build", "comment": "the build's changes" }));
@@ -207,7 +220,7 @@ fn copy_base_blobs<W: Write>(
 /// Why a base image cannot be exported as layers (then it is squashed), if it cannot.
 fn squash_reason(base: &BaseImage) -> Option<String> {
     if base.rootfs.is_none() {
-        return Some("its rootfs snapshot is not known".into());
+        return Some("the image source did not describe its layers".into());
     }
     base.layers.iter().find(|l| l.blob.is_none()).map(|l| {
         format!(
@@ -494,6 +507,53 @@ mod tests {
         assert!(check_ref("a b").is_err());
         assert!(check_ref("https://user:pw@host/x").is_err());
         assert!(check_ref("host:5000/a/b:tag").is_ok());
+    }
+
+    #[test]
+    fn layered_configs_line_history_up_with_layers() {
+        let p = Platform::parse("linux/arm64").unwrap();
+        let base = json!({
+            "created": "2020-01-01T00:00:00Z",
+            "architecture": "arm64", "os": "linux", "variant": "v8",
+            "config": { "Env": ["A=1"] },
+            "rootfs": { "type": "layers", "diff_ids": ["sha256:a", "sha256:b", "sha256:c"] },
+            "history": [
+                { "created_by": "1" },
+                { "created_by": "env", "empty_layer": true },
+                { "created_by": "2" },
+                { "created_by": "label", "empty_layer": true },
+                { "created_by": "3" },
+            ],
+        });
+        let c = layered_config(&p, &base, 3, Some("sha256:new")).unwrap();
+        assert_eq!(c.get("created"), None);
+        assert_eq!(c.get("variant"), None);
+        assert_eq!(c["config"]["Env"], json!(["A=1"]));
+        assert_eq!(
+            c["rootfs"]["diff_ids"],
+            json!(["sha256:a", "sha256:b", "sha256:c", "sha256:new"])
+        );
+        assert_eq!(c["history"].as_array().unwrap().len(), 6);
+        // A layer limit of 2 keeps the history up to the second layer's config entries.
+        let c = layered_config(&p, &base, 2, None).unwrap();
+        assert_eq!(c["rootfs"]["diff_ids"], json!(["sha256:a", "sha256:b"]));
+        let by: Vec<&str> = c["history"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| h["created_by"].as_str().unwrap())
+            .collect();
+        assert_eq!(by, ["1", "env", "2", "label"]);
+        // No history: placeholders for the base layers, then the new layer's entry.
+        let mut bare = base.clone();
+        bare.as_object_mut().unwrap().remove("history");
+        let c = layered_config(&p, &bare, 3, Some("sha256:new")).unwrap();
+        let h = c["history"].as_array().unwrap();
+        assert_eq!(h.len(), 4);
+        assert_eq!(h[3]["created_by"], "kiln build");
+        // diff_ids shorter than the layers used: refused, naming both counts.
+        let err = layered_config(&p, &base, 4, None).unwrap_err().to_string();
+        assert!(err.contains("lists 3 layers but the image uses 4"), "{err}");
     }
 
     #[test]

@@ -771,3 +771,68 @@ fn oci_base_blob_problems_squash_or_fail_cleanly() {
         "a temporary file was left behind"
     );
 }
+
+/// Times an OCI export on an image base (base blobs copied, one small diff layer)
+/// against the squashed export of the same tree (run with `--ignored`).
+#[test]
+#[ignore = "timing; run by hand"]
+fn layered_oci_speed_against_squashed() {
+    let t = tempfile::tempdir().unwrap();
+    let store = crate::store::Store::open(&t.path().join("root")).unwrap();
+    let src = t.path().join("src");
+    let mut seed = 1u64;
+    for d in 0..50 {
+        let dir = src.join(format!("d{d}"));
+        fs::create_dir_all(&dir).unwrap();
+        for f in 0..100 {
+            // Incompressible-ish content, as binaries are.
+            let data: Vec<u8> = (0..16384)
+                .map(|_| {
+                    seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+                    (seed >> 56) as u8
+                })
+                .collect();
+            fs::write(dir.join(format!("f{f}")), data).unwrap();
+        }
+    }
+    let (layer, diff_id) = commit_layer(&store, &src, MT_GZIP);
+    let config = serde_json::json!({
+        "architecture": "amd64", "os": "linux",
+        "rootfs": { "type": "layers", "diff_ids": [diff_id] },
+    });
+    let base = BaseImage {
+        reference: "bench/base:1".into(),
+        config: serde_json::to_vec(&config).unwrap(),
+        layers: vec![layer],
+        rootfs: Some(src.clone()),
+    };
+    let tree = t.path().join("tree");
+    fs::create_dir(&tree).unwrap();
+    crate::worker::copy_tree(&src, &tree, None).unwrap();
+    fs::write(tree.join("d7/f7"), "changed").unwrap();
+    let spec = |n: &str| OutputSpec::Oci {
+        dest: t.path().join(n),
+        name: None,
+    };
+    let start = std::time::Instant::now();
+    let set = diff::changes(&src, &tree, None).unwrap();
+    eprintln!(
+        "diff alone: {:?} ({} changes)",
+        start.elapsed(),
+        set.changes.len()
+    );
+    let start = std::time::Instant::now();
+    let opts = ExportOptions {
+        base: Some(&base),
+        ..Default::default()
+    };
+    export(&tree, &spec("layered.tar"), &opts).unwrap();
+    let layered = start.elapsed();
+    let start = std::time::Instant::now();
+    export(&tree, &spec("squashed.tar"), &Default::default()).unwrap();
+    let squashed = start.elapsed();
+    eprintln!(
+        "5000 files of 16 KiB, one changed: layered {layered:?}, squashed {squashed:?}, ratio {:.2}",
+        layered.as_secs_f64() / squashed.as_secs_f64()
+    );
+}

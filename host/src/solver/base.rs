@@ -84,12 +84,18 @@ pub(crate) fn image_of(
         .unwrap_or_else(|| source.to_string());
     let what = format!("base image {reference} (step `{source}`)");
     let config = read_config(store, config_digest).map_err(|e| format!("{what}: {e}"))?;
-    let layers: Vec<Descriptor> = match r.opts.get(OPT_LAYERS) {
-        Some(text) => serde_json::from_str(text).map_err(|e| {
-            format!("{what}: the source's {OPT_LAYERS} is not a descriptor list: {e}")
-        })?,
-        None => Vec::new(),
+    // Without its layer list the image cannot be extended layer by layer: the export
+    // squashes it (rootfs unknown).
+    let Some(text) = r.opts.get(OPT_LAYERS) else {
+        return Ok(Some(BaseImage {
+            reference,
+            config,
+            layers: Vec::new(),
+            rootfs: None,
+        }));
     };
+    let layers: Vec<Descriptor> = serde_json::from_str(text)
+        .map_err(|e| format!("{what}: the source's {OPT_LAYERS} is not a descriptor list: {e}"))?;
     let mut out = Vec::with_capacity(layers.len());
     for l in layers {
         let present = store
@@ -204,6 +210,16 @@ step = "all"
             .unwrap()
             .is_none());
         assert!(base_image(&store, &def, &results, "ctx").unwrap().is_none());
+
+        // Without a layer list: the config, but no rootfs (the export squashes).
+        let opts = [
+            (OPT_REF, "example.com/base:1".to_string()),
+            (OPT_CONFIG, config_digest.clone()),
+        ];
+        results.insert("base".to_string(), source_result(&rootfs, &opts));
+        let b = base_image(&store, &def, &results, "app").unwrap().unwrap();
+        assert_eq!(b.config, config);
+        assert!(b.rootfs.is_none() && b.layers.is_empty());
 
         // A source without image opts is no image.
         results.insert("base".to_string(), source_result(&rootfs, &[]));
