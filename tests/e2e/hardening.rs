@@ -983,6 +983,15 @@ fn staging_left(env: &Env) -> (u64, u64) {
 
 #[test]
 fn sigint_during_a_download_cancels_and_the_download_resumes() {
+    cancel_a_download(libc::SIGINT, 130, "SIGINT");
+}
+
+#[test]
+fn sigterm_during_a_download_cancels_and_the_download_resumes() {
+    cancel_a_download(libc::SIGTERM, 143, "SIGTERM");
+}
+
+fn cancel_a_download(sig: i32, code: i32, name: &str) {
     let env = Env::new();
     let body: Vec<u8> = (0..(4u32 << 20)).map(|i| (i % 251) as u8).collect();
     let body = std::sync::Arc::new(body);
@@ -1033,11 +1042,11 @@ fn sigint_during_a_download_cancels_and_the_download_resumes() {
     wait_for("the first MiB in the store", || {
         ingest_bytes(&root) >= 1 << 20
     });
-    signal(&child, libc::SIGINT);
+    signal(&child, sig);
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(130), "{stderr}");
-    assert!(stderr.contains("cancelled by SIGINT"), "{stderr}");
+    assert_eq!(out.status.code(), Some(code), "{stderr}");
+    assert!(stderr.contains(&format!("cancelled by {name}")), "{stderr}");
     assert_eq!(staging_left(&env), (0, 0));
     assert!(
         ingest_bytes(&root) >= 1 << 20,
@@ -1054,6 +1063,15 @@ fn sigint_during_a_download_cancels_and_the_download_resumes() {
 
 #[test]
 fn sigterm_during_a_copy_heavy_step_cancels_and_removes_staging() {
+    cancel_a_copy(libc::SIGTERM, 143, "SIGTERM");
+}
+
+#[test]
+fn sigint_during_a_copy_heavy_step_cancels_and_removes_staging() {
+    cancel_a_copy(libc::SIGINT, 130, "SIGINT");
+}
+
+fn cancel_a_copy(sig: i32, code: i32, name: &str) {
     use std::io::BufRead;
     let env = Env::new();
     let blob = vec![7u8; 16 << 10];
@@ -1099,12 +1117,12 @@ fn sigterm_during_a_copy_heavy_step_cancels_and_removes_staging() {
             .map(|rd| rd.count() > 0)
             .unwrap_or(false)
     });
-    signal(&child, libc::SIGTERM);
+    signal(&child, sig);
     let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
     let status = child.wait().unwrap();
     let stderr = format!("{seen}{}", rest.join("\n"));
-    assert_eq!(status.code(), Some(143), "{stderr}");
-    assert!(stderr.contains("cancelled by SIGTERM"), "{stderr}");
+    assert_eq!(status.code(), Some(code), "{stderr}");
+    assert!(stderr.contains(&format!("cancelled by {name}")), "{stderr}");
     assert_eq!(staging_left(&env), (0, 0));
     assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0);
     // The root is consistent: the same build completes, reusing the cached source.
