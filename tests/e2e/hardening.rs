@@ -1247,13 +1247,31 @@ fn a_full_disk_is_freed_by_kiln_alone() {
         "the reserve was not made again"
     );
 
-    // With the database already open on a full disk, prune (every form) still works.
-    for prune in [
-        &["cache", "prune"][..],
-        &["cache", "prune", "--all"][..],
-        &["cache", "prune", "--keep-duration", "0s"][..],
+    // Every form of prune frees a full disk: of a dead build's staging, or of the
+    // partial download a killed run left.
+    let partial = root.join(format!("content/ingest/{}/data", "ab".repeat(32)));
+    for (prune, filler) in [
+        (
+            &["cache", "prune"][..],
+            root.join("tmp/0123456789abcdef01234567.stage.1/fill"),
+        ),
+        (&["cache", "prune", "--all"][..], partial.clone()),
+        (
+            &["cache", "prune", "--keep-duration", "0s"][..],
+            partial.clone(),
+        ),
     ] {
-        fill(&root.join("tmp/0123456789abcdef01234567.stage.1/fill"));
+        fill(&filler);
+        // Written an hour ago, as a killed run's partial download would be.
+        for p in [&filler, filler.parent().unwrap()] {
+            let t = libc::timespec {
+                tv_sec: unsafe { libc::time(std::ptr::null_mut()) } - 3600,
+                tv_nsec: 0,
+            };
+            let rc =
+                unsafe { libc::utimensat(libc::AT_FDCWD, cpath(p).as_ptr(), [t, t].as_ptr(), 0) };
+            assert_eq!(rc, 0);
+        }
         let run = kiln(prune);
         run.success();
         assert!(
