@@ -6,6 +6,7 @@ pub mod build;
 pub mod cli;
 pub mod config;
 pub mod contenthash;
+pub mod exec;
 pub mod export;
 pub mod job;
 pub mod plugins;

@@ -16,7 +16,8 @@ type Res<T> = Result<T, DefinitionError>;
 /// local source, not in the definition (which is hashed and kept in memory whole).
 pub(crate) const MAX_MKFILE_DATA: usize = 1 << 20;
 
-const STEP_KEYS: &str = "source, attrs, platform, base, actions or merge";
+const STEP_KEYS: &str =
+    "source, attrs, platform, base, actions, merge, run, env, workdir, user, network or mounts";
 
 pub(super) fn parse(text: &str, dir: PathBuf) -> Res<Definition> {
     let top: Table = toml::from_str(text)
@@ -120,7 +121,18 @@ fn parse_step(name: &str, t: &Table) -> Res<Step> {
     for key in t.keys() {
         if !matches!(
             key.as_str(),
-            "source" | "attrs" | "platform" | "base" | "actions" | "merge"
+            "source"
+                | "attrs"
+                | "platform"
+                | "base"
+                | "actions"
+                | "merge"
+                | "run"
+                | "env"
+                | "workdir"
+                | "user"
+                | "network"
+                | "mounts"
         ) {
             return Err(DefinitionError::step(
                 name,
@@ -194,7 +206,12 @@ fn parse_step(name: &str, t: &Table) -> Res<Step> {
         }
         return Ok(Step::Merge(MergeStep { inputs }));
     }
-    if t.contains_key("base") || t.contains_key("actions") {
+    if t.contains_key("run") || t.contains_key("base") || t.contains_key("actions") {
+        if !t.contains_key("run") {
+            only(&["base", "actions"], "file")?;
+        } else {
+            only(super::run::RUN_KEYS, "run")?;
+        }
         let base = match t.get("base") {
             None => None,
             Some(b) => {
@@ -216,11 +233,14 @@ fn parse_step(name: &str, t: &Table) -> Res<Step> {
                 ))
             }
         };
+        if t.contains_key("run") {
+            return Ok(Step::Run(super::run::parse_run(name, t, base, actions)?));
+        }
         return Ok(Step::File(FileStep { base, actions }));
     }
     Err(DefinitionError::step(
         name,
-        "says nothing to do: give it `source`, `base` and `actions`, or `merge`",
+        "says nothing to do: give it `source`, `base` and `actions`, `base` and `run`, or `merge`",
     ))
 }
 
@@ -376,6 +396,21 @@ fn validate(def: &Definition) -> Res<()> {
                 r
             }
             Step::Merge(m) => m.inputs.iter().map(|s| ("merge", s.as_str())).collect(),
+            Step::Run(r) => {
+                let mut refs: Vec<(&str, &str)> =
+                    r.base.iter().map(|b| ("base", b.as_str())).collect();
+                for m in &r.mounts {
+                    if let super::RunMount::Bind { from, .. } = m {
+                        refs.push(("bind mount from", from.as_str()));
+                    }
+                }
+                for a in &r.actions {
+                    if let Action::Copy(c) = a {
+                        refs.push(("copy from", c.from.as_str()));
+                    }
+                }
+                refs
+            }
         };
         for (what, target) in refs {
             if !def.steps.contains_key(target) {

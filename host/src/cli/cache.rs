@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use super::{CliError, Globals};
-use crate::store::{PruneOptions, Store};
+use crate::store::{DuReport, PruneOptions, Store};
 
 /// Cache commands.
 #[derive(clap::Subcommand, Debug)]
@@ -70,6 +70,22 @@ pub fn run(g: &Globals, cmd: CacheCommand) -> Result<(), CliError> {
     // The cache commands need the root, not the plugins.
     let config = crate::config::Config::load(g.config.as_deref())?;
     let root = g.root_for(&config);
+    // A root that was never set up (no database) holds nothing: `du` reports it empty
+    // and creates nothing (opening the store would create the root and its database).
+    if let CacheCommand::Du { json } = cmd {
+        if !root.join("kiln.db").exists() {
+            let r = DuReport {
+                root: root.clone(),
+                ..Default::default()
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r).expect("JSON"));
+            } else {
+                print!("{r}");
+            }
+            return Ok(());
+        }
+    }
     let store = Store::open(&root).map_err(|e| {
         CliError::failed(format!("cannot open the kiln root {}: {e}", root.display()))
     })?;

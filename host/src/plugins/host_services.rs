@@ -262,6 +262,8 @@ impl JobContext for JobContextImpl {
             },
             ProgressKind::FINISH => ProgressUpdate::TaskFinish {
                 task,
+                current: e.current,
+                total: e.total,
                 error: e.error.as_ref().map(|s| s.to_string()).into_option(),
             },
             _ => ProgressUpdate::TaskUpdate {
