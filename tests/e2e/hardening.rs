@@ -38,6 +38,16 @@ fn build(env: &Env, def: &Path, extra: &[&str]) -> Run {
     env.kiln(&args)
 }
 
+/// The first JSON value on stdout (a failing command with `--json` prints its report,
+/// then an `{"error": …}` object).
+fn first_json(run: &Run) -> serde_json::Value {
+    serde_json::Deserializer::from_str(&run.stdout)
+        .into_iter::<serde_json::Value>()
+        .next()
+        .unwrap_or_else(|| panic!("no JSON on stdout:\n{}\n{}", run.stdout, run.stderr))
+        .unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}", run.stdout))
+}
+
 fn cpath(p: &Path) -> CString {
     CString::new(p.as_os_str().as_bytes()).expect("no NUL in path")
 }
@@ -292,7 +302,7 @@ fn cut_plugin_files_are_refused_by_name_at_every_length() {
                 assert!(!all.contains("Bus error"), "{all}");
             }
             let run = env.kiln(["--config", &config, "plugins", "list", "--json"]);
-            let list = run.json();
+            let list = first_json(&run);
             let local = list
                 .as_array()
                 .unwrap()
@@ -908,7 +918,7 @@ fn a_tampered_snapshot_and_blob_are_caught_by_cache_verify() {
 
     let run = env.kiln(["cache", "verify", "--json"]);
     run.expect_code(1);
-    let v = run.json();
+    let v = first_json(&run);
     let snap_id = tampered_snap
         .file_name()
         .unwrap()
@@ -991,6 +1001,15 @@ fn staging_left(env: &Env) -> (u64, u64) {
 
 #[test]
 fn sigint_during_a_download_cancels_and_the_download_resumes() {
+    cancel_a_download(libc::SIGINT, 130, "SIGINT");
+}
+
+#[test]
+fn sigterm_during_a_download_cancels_and_the_download_resumes() {
+    cancel_a_download(libc::SIGTERM, 143, "SIGTERM");
+}
+
+fn cancel_a_download(sig: i32, code: i32, name: &str) {
     let env = Env::new();
     let body: Vec<u8> = (0..(4u32 << 20)).map(|i| (i % 251) as u8).collect();
     let body = std::sync::Arc::new(body);
@@ -1041,11 +1060,11 @@ fn sigint_during_a_download_cancels_and_the_download_resumes() {
     wait_for("the first MiB in the store", || {
         ingest_bytes(&root) >= 1 << 20
     });
-    signal(&child, libc::SIGINT);
+    signal(&child, sig);
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(130), "{stderr}");
-    assert!(stderr.contains("cancelled by SIGINT"), "{stderr}");
+    assert_eq!(out.status.code(), Some(code), "{stderr}");
+    assert!(stderr.contains(&format!("cancelled by {name}")), "{stderr}");
     assert_eq!(staging_left(&env), (0, 0));
     assert!(
         ingest_bytes(&root) >= 1 << 20,
@@ -1062,6 +1081,15 @@ fn sigint_during_a_download_cancels_and_the_download_resumes() {
 
 #[test]
 fn sigterm_during_a_copy_heavy_step_cancels_and_removes_staging() {
+    cancel_a_copy(libc::SIGTERM, 143, "SIGTERM");
+}
+
+#[test]
+fn sigint_during_a_copy_heavy_step_cancels_and_removes_staging() {
+    cancel_a_copy(libc::SIGINT, 130, "SIGINT");
+}
+
+fn cancel_a_copy(sig: i32, code: i32, name: &str) {
     use std::io::BufRead;
     let env = Env::new();
     let blob = vec![7u8; 16 << 10];
@@ -1107,12 +1135,12 @@ fn sigterm_during_a_copy_heavy_step_cancels_and_removes_staging() {
             .map(|rd| rd.count() > 0)
             .unwrap_or(false)
     });
-    signal(&child, libc::SIGTERM);
+    signal(&child, sig);
     let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
     let status = child.wait().unwrap();
     let stderr = format!("{seen}{}", rest.join("\n"));
-    assert_eq!(status.code(), Some(143), "{stderr}");
-    assert!(stderr.contains("cancelled by SIGTERM"), "{stderr}");
+    assert_eq!(status.code(), Some(code), "{stderr}");
+    assert!(stderr.contains(&format!("cancelled by {name}")), "{stderr}");
     assert_eq!(staging_left(&env), (0, 0));
     assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0);
     // The root is consistent: the same build completes, reusing the cached source.
@@ -1192,7 +1220,8 @@ fn a_full_disk_is_freed_by_kiln_alone() {
             .stdin(std::process::Stdio::null());
         c.output().unwrap().into()
     };
-    kiln(&["cache", "du"]).success();
+    // Any command that opens the store (`cache du` of a fresh root creates nothing).
+    kiln(&["cache", "prune"]).success();
     assert!(root.join("reserve").is_file(), "no space reserve was made");
 
     // A download bigger than the disk: it fails saying why, and keeps nothing.
@@ -1237,13 +1266,31 @@ fn a_full_disk_is_freed_by_kiln_alone() {
         "the reserve was not made again"
     );
 
-    // With the database already open on a full disk, prune (every form) still works.
-    for prune in [
-        &["cache", "prune"][..],
-        &["cache", "prune", "--all"][..],
-        &["cache", "prune", "--keep-duration", "0s"][..],
+    // Every form of prune frees a full disk: of a dead build's staging, or of the
+    // partial download a killed run left.
+    let partial = root.join(format!("content/ingest/{}/data", "ab".repeat(32)));
+    for (prune, filler) in [
+        (
+            &["cache", "prune"][..],
+            root.join("tmp/0123456789abcdef01234567.stage.1/fill"),
+        ),
+        (&["cache", "prune", "--all"][..], partial.clone()),
+        (
+            &["cache", "prune", "--keep-duration", "0s"][..],
+            partial.clone(),
+        ),
     ] {
-        fill(&root.join("tmp/0123456789abcdef01234567.stage.1/fill"));
+        fill(&filler);
+        // Written an hour ago, as a killed run's partial download would be.
+        for p in [&filler, filler.parent().unwrap()] {
+            let t = libc::timespec {
+                tv_sec: unsafe { libc::time(std::ptr::null_mut()) } - 3600,
+                tv_nsec: 0,
+            };
+            let rc =
+                unsafe { libc::utimensat(libc::AT_FDCWD, cpath(p).as_ptr(), [t, t].as_ptr(), 0) };
+            assert_eq!(rc, 0);
+        }
         let run = kiln(prune);
         run.success();
         assert!(

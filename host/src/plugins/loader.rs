@@ -426,3 +426,50 @@ pub(crate) mod elf {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod elf_tests {
+    use super::elf;
+
+    /// The test binary itself: a 64-bit ELF file for this machine (an executable, so
+    /// its type is patched to a shared object where a test needs one to pass).
+    fn own_bytes() -> Vec<u8> {
+        let mut b = std::fs::read(std::env::current_exe().unwrap()).unwrap();
+        b[16] = 3; // ET_DYN
+        b
+    }
+
+    #[test]
+    fn whole_file_passes_and_every_cut_fails() {
+        let b = own_bytes();
+        elf::check(&b[..], b.len() as u64).unwrap();
+        for cut in [0, 4, 63, 64, 200, 4096, b.len() / 2, b.len() - 1] {
+            let part = &b[..cut];
+            assert!(elf::check(part, cut as u64).is_err(), "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn class_machine_and_type_are_checked() {
+        let mut b = own_bytes();
+        b[4] = 1;
+        assert!(elf::check(&b[..], b.len() as u64)
+            .unwrap_err()
+            .contains("64-bit"));
+        let mut b = own_bytes();
+        b[18] = 0x28; // EM_ARM
+        b[19] = 0;
+        assert!(elf::check(&b[..], b.len() as u64)
+            .unwrap_err()
+            .contains("machine 40"));
+        let mut b = own_bytes();
+        b[16] = 1; // ET_REL
+        assert!(elf::check(&b[..], b.len() as u64)
+            .unwrap_err()
+            .contains("not a shared object"));
+        // A program header table said to lie past the end.
+        let mut b = own_bytes();
+        b[32..40].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert!(elf::check(&b[..], b.len() as u64).is_err());
+    }
+}

@@ -218,7 +218,11 @@ impl Store {
     pub fn plugin_state_dir_in(root: &Path, id: &str) -> Result<PathBuf, StoreError> {
         check_plain_name("plugin id", id)?;
         let p = root.join("plugins").join(id);
-        fs::create_dir_all(&p).ctx("create plugin state directory", &p)?;
+        // The root as named (it may sit behind a link), then nothing through a planted
+        // link (`plugins` → elsewhere).
+        fs::create_dir_all(root).ctx("create store root", root)?;
+        beneath::create_dirs(root, &format!("plugins/{id}"))
+            .ctx("create plugin state directory", &p)?;
         Ok(p)
     }
 
