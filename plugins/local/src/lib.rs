@@ -43,6 +43,9 @@ use crate::kept::Kept;
 /// Threads that write file contents during a snapshot.
 const COPY_THREADS: usize = 2;
 
+/// The least time between two progress updates of a snapshot, in milliseconds.
+const PROGRESS_EVERY_MS: u64 = 100;
+
 /// The local source.
 pub struct LocalSource {
     host: Host,
@@ -178,7 +181,17 @@ impl SourceInstance for LocalStep {
         let task = format!("transferring {}", id.name);
         job.progress_start(&task, 0);
         let cancelled = || job.is_cancelled();
-        let progress = |done: u64, total: u64| job.progress_update(&task, done, total);
+        // At most one update per PROGRESS_EVERY (the copy reports every batch).
+        let started = std::time::Instant::now();
+        let last_ms = std::sync::atomic::AtomicU64::new(0);
+        let progress = |done: u64, total: u64| {
+            let now = started.elapsed().as_millis() as u64;
+            let last = last_ms.load(std::sync::atomic::Ordering::Relaxed);
+            if now >= last + PROGRESS_EVERY_MS || (total > 0 && done == total) {
+                last_ms.store(now, std::sync::atomic::Ordering::Relaxed);
+                job.progress_update(&task, done, total);
+            }
+        };
         let opts = CopyOptions {
             filter,
             threads: COPY_THREADS,
