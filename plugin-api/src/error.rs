@@ -10,6 +10,14 @@ use abi_stable::StableAbi;
 /// A `u32` newtype rather than an enum, so that later plugin-api versions can add
 /// codes without breaking the ABI; a code this version does not know reads as
 /// [`ErrorCode::INTERNAL`] through [`ErrorCode::known`].
+///
+/// What `kiln` makes of each code: the `code` of its `--json` error object is the
+/// name with `_` for spaces (`not_found`); [`INVALID_CONFIG`](Self::INVALID_CONFIG)
+/// fails the plugin's loading (exit code 2 from `kiln config check`, or when the
+/// plugin is required); [`INVALID_IDENTIFIER`](Self::INVALID_IDENTIFIER) is the user's
+/// mistake (exit code 2); [`SKIP`](Self::SKIP) from `new_source` skips the plugin;
+/// [`PANICKED`](Self::PANICKED) poisons it; every other code fails the build or fetch
+/// (exit code 1).
 #[repr(transparent)]
 #[derive(StableAbi, Copy, Clone, PartialEq, Eq, Hash)]
 pub struct ErrorCode(pub u32);

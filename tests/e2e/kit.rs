@@ -135,7 +135,8 @@ fn the_schema_is_checked_before_the_plugin_is_called() {
         "{msg}"
     );
     assert!(
-        msg.contains("schema of plugin io.kiln.test.v1.twin"),
+        msg.contains("plugin io.kiln.test.v1.twin: attribute twin.count")
+            && msg.contains("checked by kiln against the plugin's attribute schema"),
         "the host refused it: {msg}"
     );
 
@@ -463,4 +464,70 @@ fn progress_events_carry_the_kind_and_the_counts_the_plugin_sent() {
         .collect();
     assert_eq!(kinds.first(), Some(&"start"), "{kinds:?}");
     assert_eq!(kinds.last(), Some(&"done"), "{kinds:?}");
+}
+
+#[test]
+fn builds_keep_the_two_plugins_apart_too() {
+    let env = Env::new();
+    let cfg = config(&env, "");
+    let build = |source: &str, out: &str| {
+        let def = env.write(
+            &format!("{out}.toml"),
+            format!("version = 1\n[steps.s]\nsource = \"{source}\"\n[output]\nstep = \"s\"\n"),
+        );
+        let dest = env.path(out);
+        let run = kiln(
+            &env,
+            &cfg,
+            &[
+                "--progress",
+                "plain",
+                "build",
+                def.to_str().unwrap(),
+                "--output",
+                &format!("type=local,dest={}", dest.display()),
+            ],
+        );
+        run.success();
+        let cached = run.stderr.contains("=> s CACHED");
+        let text = std::fs::read_to_string(dest.join("same.txt")).expect("same.txt");
+        (cached, text)
+    };
+    assert_eq!(build("testsrc://ok/same", "a"), (false, "same".to_string()));
+    assert_eq!(
+        build("twinsrc://same", "b"),
+        (false, "twin:same".to_string())
+    );
+    assert_eq!(
+        build("twinsrc://same", "c"),
+        (true, "twin:same".to_string())
+    );
+    assert_eq!(build("testsrc://ok/same", "d"), (true, "same".to_string()));
+}
+
+#[test]
+fn a_build_step_with_a_bad_attribute_is_refused_naming_the_step() {
+    let env = Env::new();
+    let cfg = config(&env, "");
+    let def = env.write(
+        "bad.toml",
+        "version = 1\n[steps.t]\nsource = \"twinsrc://x\"\nattrs = { \"twin.flag\" = \"maybe\" }\n[output]\nstep = \"t\"\n",
+    );
+    let run = kiln(
+        &env,
+        &cfg,
+        &["--progress", "json", "build", def.to_str().unwrap()],
+    );
+    run.expect_code(2);
+    let e = &run.json()["error"];
+    assert_eq!(e["code"], "invalid_identifier", "{e}");
+    assert_eq!(e["step"], "t");
+    assert_eq!(e["plugin"], TWIN_ID);
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains("attribute twin.flag"),
+        "{e}"
+    );
 }

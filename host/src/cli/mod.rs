@@ -141,6 +141,12 @@ fn plugin_in(message: &str) -> Option<String> {
     })
 }
 
+/// The step of a solver message of the form "step `NAME`: …".
+fn step_in(message: &str) -> Option<String> {
+    let rest = message.strip_prefix("step `")?;
+    rest.split_once("`: ").map(|(step, _)| step.to_string())
+}
+
 impl From<crate::config::ConfigError> for CliError {
     fn from(e: crate::config::ConfigError) -> Self {
         Self::usage(e.to_string()).with_code("invalid_config")
@@ -174,9 +180,19 @@ impl From<crate::solver::BuildError> for CliError {
                     None => c,
                 }
             }
-            BuildError::Usage(_) => Self::usage(message),
+            // The solver reports a step's source identifier errors as usage errors
+            // that start with "step `NAME`: ".
+            BuildError::Usage(m) => match step_in(m) {
+                Some(step) => Self::usage(message)
+                    .with_code("invalid_identifier")
+                    .with_step(step),
+                None => Self::usage(message),
+            },
             BuildError::Step { step, .. } => Self::failed(message).with_step(step.as_str()),
-            BuildError::Failed(_) => Self::failed(message),
+            BuildError::Failed(m) => match step_in(m) {
+                Some(step) => Self::failed(message).with_step(step),
+                None => Self::failed(message),
+            },
         };
         out.code = e.exit_code();
         out.plugin = plugin_in(&out.message);
@@ -368,4 +384,30 @@ pub fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
         .enable_all()
         .build()
         .map_err(|e| CliError::failed(format!("cannot start the runtime: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_errors_carry_code_plugin_and_step() {
+        let e = CliError::failed("boom")
+            .with_step("app")
+            .with_plugin("io.x.y");
+        assert_eq!(
+            e.to_json(),
+            serde_json::json!({"error": {"code": "failed", "message": "boom", "plugin": "io.x.y", "step": "app"}})
+        );
+        let e: CliError = crate::solver::BuildError::Usage(
+            "step `ctx`: source a://b: plugin io.kiln.source.v1.a: bad".into(),
+        )
+        .into();
+        assert_eq!((e.code, e.kind), (2, "invalid_identifier"));
+        assert_eq!(e.step.as_deref(), Some("ctx"));
+        assert_eq!(e.plugin.as_deref(), Some("io.kiln.source.v1.a"));
+        let e: CliError = crate::solver::BuildError::Usage("--local x=/nope: gone".into()).into();
+        assert_eq!((e.code, e.kind, e.step), (2, "usage", None));
+        assert_eq!(plugin_in("the plugin said: no"), None);
+    }
 }

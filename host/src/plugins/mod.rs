@@ -350,3 +350,23 @@ fn locate_config_key(text: &str, id: &str, key: &str) -> Option<(usize, usize)> 
     }
     span.map(|s| crate::config::line_col(text, s.start))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::locate_config_key;
+
+    #[test]
+    fn config_keys_are_found_in_every_toml_form() {
+        let text = "version = 1\n[plugins.\"a.b\"]\npath = \"p\"\n[plugins.\"a.b\".config]\ngreeting = \"x\"\n  retries = \"three\"\n[plugins.\"a.b\".config.proxy]\nurl = 5\n";
+        assert_eq!(locate_config_key(text, "a.b", "retries"), Some((6, 3)));
+        assert_eq!(locate_config_key(text, "a.b", "proxy.url"), Some((8, 1)));
+        // An unknown key: the deepest part that exists (the config table).
+        assert_eq!(locate_config_key(text, "a.b", "nope"), Some((4, 16)));
+        let inline = "version = 1\n[plugins.x]\npath = \"p\"\nconfig = { a = 1, b = \"2\" }\n";
+        assert_eq!(locate_config_key(inline, "x", "b"), Some((4, 19)));
+        // No config table at all: the plugin's own key.
+        let bare = "version = 1\n[plugins.x]\npath = \"p\"\n";
+        assert_eq!(locate_config_key(bare, "x", ""), Some((2, 10)));
+        assert_eq!(locate_config_key(bare, "y", ""), None);
+    }
+}

@@ -32,7 +32,9 @@ impl Schema {
                 "{}://{}",
                 request.scheme, request.reference
             ));
-            format!("source {shown}: {e} (checked against the schema of plugin {plugin_id})")
+            format!(
+                "source {shown}: plugin {plugin_id}: {e} (checked by kiln against the plugin's attribute schema)"
+            )
         })
     }
 
@@ -72,7 +74,7 @@ mod tests {
         let s = Schema(Some(vec![AttrSpec::new("x.n", AttrType::U64, "n")]));
         let e = s.check("io.example.p", &req).unwrap_err();
         assert!(
-            e.starts_with("source https://xxxxx:xxxxx@h/f: attribute x.n"),
+            e.starts_with("source https://xxxxx:xxxxx@h/f: plugin io.example.p: attribute x.n"),
             "{e}"
         );
         assert!(e.contains("io.example.p") && !e.contains("pw"), "{e}");
