@@ -59,7 +59,8 @@ fn project(steps: &str, output: &str) -> Env {
     env
 }
 
-fn build(env: &Env, extra: &[&str]) -> Run {
+/// `kiln --progress plain build def.toml` with the base and context folders, and `extra`.
+fn build_args(env: &Env, extra: &[&str]) -> Vec<String> {
     let mut args: Vec<String> = vec![
         "--progress".into(),
         "plain".into(),
@@ -71,7 +72,31 @@ fn build(env: &Env, extra: &[&str]) -> Run {
         format!("ctx={}", env.path("ctx").display()),
     ];
     args.extend(extra.iter().map(|s| s.to_string()));
-    env.kiln(&args)
+    args
+}
+
+fn build(env: &Env, extra: &[&str]) -> Run {
+    env.kiln(build_args(env, extra))
+}
+
+/// The containers runc lists in the state folder `state` (kiln's `<root>/exec/state`).
+fn runc_list(state: &Path) -> String {
+    let o = Command::new("runc")
+        .arg("--root")
+        .arg(state)
+        .args(["list", "-q"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
+/// The build of [`build`], started in the background.
+fn spawn_build(env: &Env, extra: &[&str], stderr: Stdio) -> std::process::Child {
+    env.command()
+        .args(build_args(env, extra))
+        .stderr(stderr)
+        .spawn()
+        .unwrap()
 }
 
 fn out_dir(env: &Env, name: &str) -> (String, PathBuf) {
@@ -227,30 +252,11 @@ fn sigint_during_a_run_leaves_no_container_mount_or_staging() {
         "[steps.long]\nbase = \"base\"\nrun = \"echo started; sleep 120\"\n",
         "long",
     );
-    let mut child = env
-        .command()
-        .args(["--progress", "plain", "build"])
-        .arg(env.path("def.toml"))
-        .arg("--local")
-        .arg(format!("base={}", env.path("base").display()))
-        .arg("--local")
-        .arg(format!("ctx={}", env.path("ctx").display()))
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_build(&env, &[], Stdio::piped());
     let state = env.root().join("exec/state");
     let deadline = Instant::now() + Duration::from_secs(60);
     // Wait until the container runs.
-    loop {
-        let listed = Command::new("runc")
-            .arg("--root")
-            .arg(&state)
-            .args(["list", "-q"])
-            .output()
-            .unwrap();
-        if !String::from_utf8_lossy(&listed.stdout).trim().is_empty() {
-            break;
-        }
+    while runc_list(&state).is_empty() {
         assert!(Instant::now() < deadline, "the container never started");
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -259,16 +265,7 @@ fn sigint_during_a_run_leaves_no_container_mount_or_staging() {
     let status = child.wait().unwrap();
     assert!(started.elapsed() < Duration::from_secs(30));
     assert!(!status.success());
-    let listed = Command::new("runc")
-        .arg("--root")
-        .arg(&state)
-        .args(["list", "-q"])
-        .output()
-        .unwrap();
-    assert!(
-        String::from_utf8_lossy(&listed.stdout).trim().is_empty(),
-        "a container is left"
-    );
+    assert!(runc_list(&state).is_empty(), "a container is left");
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(
         !mounts.contains(env.root().to_str().unwrap()),
@@ -292,18 +289,8 @@ fn two_processes_build_on_one_root() {
         "one",
     );
     let spawn = |out: &str| {
-        env.command()
-            .args(["--progress", "plain", "build"])
-            .arg(env.path("def.toml"))
-            .arg("--local")
-            .arg(format!("base={}", env.path("base").display()))
-            .arg("--local")
-            .arg(format!("ctx={}", env.path("ctx").display()))
-            .arg("--output")
-            .arg(format!("type=local,dest={}", env.path(out).display()))
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap()
+        let (spec, _) = out_dir(&env, out);
+        spawn_build(&env, &["--output", &spec], Stdio::piped())
     };
     let (a, b) = (spawn("a"), spawn("b"));
     let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
@@ -327,27 +314,9 @@ fn a_killed_kiln_leaves_nothing_the_next_run_does_not_reap() {
         "[steps.long]\nbase = \"base\"\nrun = \"echo started; sleep 120\"\n",
         "long",
     );
-    let mut child = env
-        .command()
-        .args(["--progress", "plain", "build"])
-        .arg(env.path("def.toml"))
-        .arg("--local")
-        .arg(format!("base={}", env.path("base").display()))
-        .arg("--local")
-        .arg(format!("ctx={}", env.path("ctx").display()))
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_build(&env, &[], Stdio::null());
     let state = env.root().join("exec/state");
-    let list = || {
-        let o = Command::new("runc")
-            .arg("--root")
-            .arg(&state)
-            .args(["list", "-q"])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&o.stdout).trim().to_string()
-    };
+    let list = || runc_list(&state);
     let deadline = Instant::now() + Duration::from_secs(60);
     while list().is_empty() {
         assert!(Instant::now() < deadline, "the container never started");
