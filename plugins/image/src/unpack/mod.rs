@@ -935,7 +935,10 @@ fn clean_path(raw: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
     if raw.contains(&0) {
         return Err("name contains a NUL byte".into());
     }
-    if raw.first() == Some(&b'/') {
+    // The root entry itself may be written `/` (umoci insert does): it names the root,
+    // which stays as it is, like `./`. Any other absolute name is refused.
+    let only_root = raw.split(|&b| b == b'/').all(|c| c.is_empty() || c == b".");
+    if raw.first() == Some(&b'/') && !only_root {
         return Err("absolute name refused (layer entries are relative to the root)".into());
     }
     for comp in raw.split(|&b| b == b'/') {

@@ -736,6 +736,16 @@ fn dotdot_inside_the_root_is_cleaned() {
     assert_eq!(s.names(), ["b", "c", "c/d"]);
 }
 
+#[test]
+fn a_root_entry_written_slash_is_the_root() {
+    // `umoci insert SRC /` names the root entry `/`; it is the root, left as it is.
+    let s = Scratch::new();
+    let mut l = Layer::new();
+    l.dir("/", 0o755).dir("etc", 0o755).file("etc/motd", "hi\n");
+    s.apply(&l.tar()).unwrap();
+    assert_eq!(s.names(), ["etc", "etc/motd"]);
+}
+
 // ---- hostile layers ----
 
 #[test]
