@@ -32,7 +32,8 @@ impl AppContext {
     ) -> Result<Self, ConfigError> {
         let host = Arc::new(HostContext::new(root.clone(), max_log_level));
         let registry = plugins::load(&config, &host, opts)?;
-        let sources = Arc::new(SourceManager::new(&registry.loaded));
+        let sources =
+            Arc::new(SourceManager::new(&registry.loaded).with_unavailable(&registry.statuses));
         Ok(Self {
             config,
             root,

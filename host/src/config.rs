@@ -54,6 +54,7 @@ impl std::fmt::Display for ConfigSource {
 struct RawConfig {
     version: u32,
     root: Option<PathBuf>,
+    plugin_dir: Option<PathBuf>,
     #[serde(default)]
     required_plugins: Vec<String>,
     #[serde(default)]
@@ -94,28 +95,46 @@ pub struct Config {
     pub source: ConfigSource,
     /// `root`, if the file sets one.
     pub root: Option<PathBuf>,
+    /// Where bare plugin file names were looked up, in order (`plugin_dir`, or the
+    /// default folders beside the binary).
+    pub plugin_dirs: Vec<PathBuf>,
     /// Plugins sorted by id.
     pub plugins: Vec<PluginConfig>,
+    /// The text it was parsed from (to point a plugin's config error at its line).
+    pub text: String,
 }
 
 impl Config {
-    /// Parses `text` from `source`; relative plugin paths are taken from `base_dirs`
+    /// Parses `text` from `source` with every relative plugin path looked up in
+    /// `dirs` (the first folder holding the file wins); see [`Config::parse_at`].
+    pub fn parse(text: &str, source: ConfigSource, dirs: &[PathBuf]) -> Result<Self, ConfigError> {
+        let base = dirs.first().cloned().unwrap_or_else(|| PathBuf::from("."));
+        Self::parse_at(text, source, &base, dirs)
+    }
+
+    /// Parses `text` from `source`. A plugin `path` with a slash is taken from
+    /// `base_dir` (the config file's folder); a bare file name from `plugin_dir` when
+    /// the text sets one (itself relative to `base_dir`), else from `default_plugin_dirs`
     /// (the first folder holding the file wins; the first folder if none does).
-    pub fn parse(
+    pub fn parse_at(
         text: &str,
         source: ConfigSource,
-        base_dirs: &[PathBuf],
+        base_dir: &Path,
+        default_plugin_dirs: &[PathBuf],
     ) -> Result<Self, ConfigError> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| {
             let at = e
                 .span()
                 .map(|s| {
-                    let (line, col) = line_col(text, s.start);
+                    let (line, col) = crate::text::line_col(text, s.start);
                     format!(" at line {line}, column {col}")
                 })
                 .unwrap_or_default();
             let msg = e.message().trim_end().replace('\n', "; ");
-            ConfigError::new(format!("{source}{at}: {msg}"))
+            ConfigError::new(format!(
+                "{source}{at}: {}",
+                crate::text::shorten_words(&msg)
+            ))
         })?;
         if raw.version != SCHEMA_VERSION {
             return Err(ConfigError::new(format!(
@@ -142,6 +161,15 @@ impl Config {
                 "{source}: plugin {id:?} is both required and disabled"
             )));
         }
+        let plugin_dirs = match &raw.plugin_dir {
+            Some(d) if d.as_os_str().is_empty() => {
+                return Err(ConfigError::new(format!(
+                    "{source}: plugin_dir is empty (leave it out for the default: the folder of the kiln binary)"
+                )))
+            }
+            Some(d) => vec![base_dir.join(d)],
+            None => default_plugin_dirs.to_vec(),
+        };
         let mut plugins = Vec::new();
         for (id, p) in raw.plugins {
             let plain = !id.is_empty()
@@ -176,7 +204,7 @@ impl Config {
             plugins.push(PluginConfig {
                 required: required.contains(id.as_str()),
                 disabled: disabled.contains(id.as_str()),
-                path: resolve_plugin_path(&p.path, base_dirs),
+                path: resolve_plugin_path(&p.path, base_dir, &plugin_dirs),
                 id,
                 sha256,
                 config_toml,
@@ -185,14 +213,17 @@ impl Config {
         Ok(Self {
             source,
             root: raw.root,
+            plugin_dirs,
             plugins,
+            text: text.to_string(),
         })
     }
 
     /// Reads and parses a configuration file.
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ConfigError::new(format!("cannot read {}: {e}", path.display())))?;
+        let text =
+            crate::text::read_capped(path, crate::text::MAX_CONFIG_BYTES, "configuration file")
+                .map_err(|e| ConfigError::new(format!("cannot read {}: {e}", path.display())))?;
         let base = path
             .parent()
             .map(|p| {
@@ -204,18 +235,19 @@ impl Config {
             })
             .unwrap_or(Path::new("."));
         let base = std::path::absolute(base).unwrap_or_else(|_| base.to_path_buf());
-        Self::parse(&text, ConfigSource::File(path.to_path_buf()), &[base])
+        Self::parse_at(
+            &text,
+            ConfigSource::File(path.to_path_buf()),
+            &base,
+            &default_plugin_dirs(),
+        )
     }
 
     /// The built-in default: the four standard plugins from the binary's folder, or
     /// `../lib/kiln/plugins` beside it.
     pub fn built_in() -> Result<Self, ConfigError> {
-        let exe_dir = std::env::current_exe()
-            .ok()
-            .and_then(|p| p.parent().map(Path::to_path_buf))
-            .unwrap_or_else(|| PathBuf::from("."));
-        let installed = exe_dir.join("../lib/kiln/plugins");
-        Self::parse(DEFAULT_CONFIG, ConfigSource::BuiltIn, &[exe_dir, installed])
+        let dirs = default_plugin_dirs();
+        Self::parse_at(DEFAULT_CONFIG, ConfigSource::BuiltIn, &dirs[0], &dirs)
     }
 
     /// Finds the configuration by DESIGN §3's lookup order: `--config FILE`,
@@ -244,23 +276,39 @@ impl Config {
     }
 }
 
-fn resolve_plugin_path(path: &Path, base_dirs: &[PathBuf]) -> PathBuf {
+/// The default `plugin_dir`: the folder of the running `kiln` binary (where `cargo
+/// build` puts the plugins), then `../lib/kiln/plugins` beside it (an installed layout).
+pub fn default_plugin_dirs() -> Vec<PathBuf> {
+    let exe_dir = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_path_buf))
+        .unwrap_or_else(|| PathBuf::from("."));
+    let installed = exe_dir.join("../lib/kiln/plugins");
+    vec![exe_dir, installed]
+}
+
+/// DESIGN §3: absolute paths stay; a path with a slash is taken from the config
+/// file's folder; a bare file name is looked up in `plugin_dirs`.
+fn resolve_plugin_path(path: &Path, base_dir: &Path, plugin_dirs: &[PathBuf]) -> PathBuf {
     if path.is_absolute() {
         return path.to_path_buf();
     }
-    base_dirs
+    if path.components().count() > 1 || path.as_os_str().as_encoded_bytes().contains(&b'/') {
+        return base_dir.join(path);
+    }
+    plugin_dirs
         .iter()
         .map(|d| d.join(path))
         .find(|p| p.symlink_metadata().is_ok())
         .unwrap_or_else(|| {
-            base_dirs
+            plugin_dirs
                 .first()
                 .map_or_else(|| path.to_path_buf(), |d| d.join(path))
         })
 }
 
 /// 1-based line and column of byte `offset` in `text`.
-fn line_col(text: &str, offset: usize) -> (usize, usize) {
+pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;
     let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
@@ -286,18 +334,20 @@ mod tests {
     use super::*;
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
-        Config::parse(
+        Config::parse_at(
             text,
             ConfigSource::File("k.toml".into()),
-            &[PathBuf::from("/base")],
+            Path::new("/base"),
+            &[PathBuf::from("/bin")],
         )
     }
 
     #[test]
     fn default_parses_with_four_plugins() {
-        let c = Config::parse(
+        let c = Config::parse_at(
             DEFAULT_CONFIG,
             ConfigSource::BuiltIn,
+            Path::new("/etc/kiln"),
             &[PathBuf::from("/bin")],
         )
         .unwrap();
@@ -372,6 +422,37 @@ mod tests {
         let c = parse("version = 1\n[plugins.a]\npath=\"p.so\"\n[plugins.a.config]\ntimeout = 5\n")
             .unwrap();
         assert_eq!(c.plugins[0].config_toml.trim(), "timeout = 5");
-        assert_eq!(c.plugins[0].path, PathBuf::from("/base/p.so"));
+        assert_eq!(c.plugins[0].path, PathBuf::from("/bin/p.so"));
+    }
+
+    #[test]
+    fn plugin_paths_resolve_by_shape() {
+        let c = parse(
+            "version = 1\n[plugins.a]\npath = \"a.so\"\n[plugins.b]\npath = \"sub/b.so\"\n\
+             [plugins.c]\npath = \"/abs/c.so\"\n[plugins.d]\npath = \"./d.so\"\n",
+        )
+        .unwrap();
+        let paths: Vec<_> = c.plugins.iter().map(|p| p.path.clone()).collect();
+        assert_eq!(
+            paths,
+            [
+                PathBuf::from("/bin/a.so"),
+                PathBuf::from("/base/sub/b.so"),
+                PathBuf::from("/abs/c.so"),
+                PathBuf::from("/base/./d.so"),
+            ]
+        );
+        // plugin_dir replaces the default folders; a relative one is from the file.
+        let c = parse("version = 1\nplugin_dir = \"plugins\"\n[plugins.a]\npath = \"a.so\"\n[plugins.b]\npath = \"x/b.so\"\n")
+            .unwrap();
+        assert_eq!(c.plugins[0].path, PathBuf::from("/base/plugins/a.so"));
+        assert_eq!(c.plugins[1].path, PathBuf::from("/base/x/b.so"));
+        let c = parse("version = 1\nplugin_dir = \"/opt/kiln\"\n[plugins.a]\npath = \"a.so\"\n")
+            .unwrap();
+        assert_eq!(c.plugins[0].path, PathBuf::from("/opt/kiln/a.so"));
+        assert!(parse("version = 1\nplugin_dir = \"\"\n")
+            .unwrap_err()
+            .to_string()
+            .contains("plugin_dir is empty"));
     }
 }

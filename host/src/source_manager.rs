@@ -30,14 +30,23 @@ pub struct SourceError {
     pub code: ErrorCode,
     /// One readable paragraph.
     pub message: String,
+    /// The id of the plugin that failed, when a plugin did.
+    pub plugin: Option<String>,
 }
 
 impl SourceError {
-    fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+    /// An error with no plugin named.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         Self {
             code,
             message: message.into(),
+            plugin: None,
         }
+    }
+
+    fn plugin(mut self, id: &str) -> Self {
+        self.plugin = Some(id.to_string());
+        self
     }
 
     /// Whether this is the user's mistake (bad identifier, unknown scheme, bad
@@ -77,7 +86,8 @@ impl Plugin {
             return Err(SourceError::new(
                 ErrorCode::PANICKED,
                 format!("plugin {id} is poisoned: it panicked earlier in this process and is no longer called"),
-            ));
+            )
+            .plugin(id));
         }
         let permit = self
             .permits
@@ -107,10 +117,7 @@ impl Plugin {
                 if code == ErrorCode::PANICKED {
                     self.loaded.poison();
                 }
-                Err(SourceError::new(
-                    code,
-                    format!("plugin {id}: {}", e.message),
-                ))
+                Err(SourceError::new(code, format!("plugin {id}: {}", e.message)).plugin(id))
             }
         }
     }
@@ -119,6 +126,9 @@ impl Plugin {
 /// The scheme → plugin table.
 pub struct SourceManager {
     by_scheme: BTreeMap<String, Arc<Plugin>>,
+    /// Configured plugins that are not serving: the schemes each would serve and a
+    /// sentence saying which plugin it is and why it is not loaded.
+    unavailable: Vec<(Vec<String>, String)>,
 }
 
 /// A parsed identifier: what the plugin made of it.
@@ -156,8 +166,13 @@ pub struct CacheMap {
     pub index: u32,
     /// The plugin's key string.
     pub key: String,
-    /// `sha256:<hex>` or `random:<hex>` (see [`source_key_digest`]).
+    /// `sha256:<hex>` or `random:<hex>` (see [`source_key_digest`]): BuildKit's digest,
+    /// what `source resolve` shows.
     pub digest: String,
+    /// The digest the host's cache index files this key under: `digest` mixed with the
+    /// plugin's id ([`crate::source_cache::index_digest`]), so that two plugins
+    /// answering the same key string never share an entry.
+    pub index_digest: String,
     /// The pin the plugin returned with this key.
     pub pin: String,
     /// `false`: a stronger key exists at `index + 1`.
@@ -186,7 +201,45 @@ impl SourceManager {
                 by_scheme.insert(s.clone(), plugin.clone());
             }
         }
-        Self { by_scheme }
+        Self {
+            by_scheme,
+            unavailable: Vec::new(),
+        }
+    }
+
+    /// Remembers the configured plugins that failed or are disabled, so that an
+    /// identifier of a scheme one of them would serve names it and why it is not
+    /// loaded. Its schemes are the ones its file declared, else the last part of its
+    /// id (the `io.kiln.source.v1.<scheme>` convention).
+    pub fn with_unavailable(mut self, statuses: &[crate::plugins::PluginStatus]) -> Self {
+        use crate::plugins::Status;
+        for st in statuses {
+            let why = match st.status {
+                Status::Loaded => continue,
+                Status::Disabled => "is listed in disabled_plugins".to_string(),
+                Status::Skipped => format!(
+                    "was skipped: {}",
+                    st.reason.as_deref().unwrap_or("no reason given")
+                ),
+                Status::Failed => format!(
+                    "failed to load: {}",
+                    st.reason.as_deref().unwrap_or("no reason given")
+                ),
+            };
+            let schemes = if st.schemes.is_empty() {
+                st.id
+                    .rsplit('.')
+                    .next()
+                    .map(str::to_string)
+                    .into_iter()
+                    .collect()
+            } else {
+                st.schemes.clone()
+            };
+            let text = format!("plugin {:?} ({}) {why}", st.id, st.path.display());
+            self.unavailable.push((schemes, text));
+        }
+        self
     }
 
     /// The schemes served, sorted.
@@ -213,6 +266,19 @@ impl SourceManager {
             ));
         };
         let Some(plugin) = self.by_scheme.get(scheme) else {
+            if let Some((_, why)) = self
+                .unavailable
+                .iter()
+                .find(|(schemes, _)| schemes.iter().any(|s| s == scheme))
+            {
+                return Err(SourceError::new(
+                    ErrorCode::INVALID_IDENTIFIER,
+                    format!(
+                        "unknown scheme {scheme:?} in source identifier {:?}: {why}",
+                        redact_userinfo(identifier)
+                    ),
+                ));
+            }
             return Err(SourceError::new(
                 ErrorCode::INVALID_IDENTIFIER,
                 format!(
@@ -232,6 +298,13 @@ impl SourceManager {
             attrs: attrs.clone(),
             platform: platform.map(str::to_string),
         };
+        plugin
+            .loaded
+            .schema
+            .check(&plugin.loaded.id, &request)
+            .map_err(|m| {
+                SourceError::new(ErrorCode::INVALID_IDENTIFIER, m).plugin(&plugin.loaded.id)
+            })?;
         let abi = request.to_abi();
         let canonical = plugin
             .call("identifier", move |p| p.source.identifier(&abi))
@@ -298,9 +371,11 @@ impl SourceOp {
             }
         }
         let key = r.key.into_string();
+        let digest = source_key_digest(&key);
         Ok(CacheMap {
             index,
-            digest: source_key_digest(&key),
+            index_digest: crate::source_cache::index_digest(self.id.plugin_id(), &digest),
+            digest,
             key,
             pin,
             done: r.done,

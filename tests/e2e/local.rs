@@ -313,3 +313,309 @@ fn errors_name_what_is_wrong() {
     assert_ne!(r.code, 0);
     assert!(r.stderr.contains("needs a name"), "{}", r.stderr);
 }
+
+/// Every entry under `root` with what a snapshot must keep: kind, mode, mtime, content
+/// or target, and for regular files the first path of their inode within the tree (so
+/// that hard links are compared too).
+type FullListing = BTreeMap<String, (char, u32, (i64, i64), Vec<u8>, String)>;
+
+fn full_listing(root: &Path) -> FullListing {
+    let mut all = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in fs::read_dir(&dir).unwrap() {
+            let p = e.unwrap().path();
+            let m = fs::symlink_metadata(&p).unwrap();
+            if m.is_dir() {
+                stack.push(p.clone());
+            }
+            all.push((p, m));
+        }
+    }
+    all.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut first: BTreeMap<u64, String> = BTreeMap::new();
+    let mut out = BTreeMap::new();
+    for (p, m) in all {
+        let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+        let ft = m.file_type();
+        let (kind, body, group) = if ft.is_symlink() {
+            let t = fs::read_link(&p).unwrap();
+            ('l', t.to_string_lossy().as_bytes().to_vec(), String::new())
+        } else if ft.is_dir() {
+            ('d', Vec::new(), String::new())
+        } else {
+            let g = first.entry(m.ino()).or_insert(rel.clone()).clone();
+            ('f', fs::read(&p).unwrap(), g)
+        };
+        out.insert(
+            rel,
+            (
+                kind,
+                m.mode() & 0o7777,
+                (m.mtime(), m.mtime_nsec()),
+                body,
+                group,
+            ),
+        );
+    }
+    out
+}
+
+/// Builds `def` with `--local context=CTX` into a fresh `--output type=local` folder.
+fn build_to(env: &Env, def: &Path, ctx: &Path, out: &Path) {
+    env.kiln([
+        "--progress".as_ref(),
+        "quiet".as_ref(),
+        "build".as_ref(),
+        def.as_os_str(),
+        "--local".as_ref(),
+        local_arg("context", ctx).as_ref(),
+        "--output".as_ref(),
+        format!("type=local,dest={}", out.display()).as_ref(),
+    ])
+    .success();
+}
+
+/// A fresh full copy of CTX made by `kiln source fetch` (never incremental).
+fn fetch_fresh(env: &Env, ctx: &Path, out: &Path, attrs: &[&str]) {
+    let mut args = vec![
+        "source".to_string(),
+        "fetch".into(),
+        "local://context".into(),
+        "--local".into(),
+        local_arg("context", ctx),
+        "--dest".into(),
+        out.display().to_string(),
+    ];
+    for a in attrs {
+        args.push("--attr".into());
+        args.push(a.to_string());
+    }
+    env.kiln(&args).success();
+}
+
+/// Waits until a file created now gets a later ctime than every change made so far,
+/// so that the next snapshot does not treat those changes as racy (a condition on
+/// the file-time clock, not a delay).
+fn settle(env: &Env) {
+    let probe = env.path("settle-probe");
+    fs::write(&probe, "").unwrap();
+    let m = fs::metadata(&probe).unwrap();
+    let t0 = (m.ctime(), m.ctime_nsec());
+    loop {
+        fs::remove_file(&probe).unwrap();
+        fs::write(&probe, "").unwrap();
+        let m = fs::metadata(&probe).unwrap();
+        if (m.ctime(), m.ctime_nsec()) > t0 {
+            break;
+        }
+        std::thread::yield_now();
+    }
+    fs::remove_file(&probe).unwrap();
+}
+
+/// The link counts of `rel` in every committed snapshot that holds it, sorted.
+fn snapshot_nlinks(env: &Env, rel: &str) -> Vec<u64> {
+    let mut out = Vec::new();
+    for e in fs::read_dir(env.root().join("snapshots")).unwrap() {
+        if let Ok(m) = fs::symlink_metadata(e.unwrap().path().join(rel)) {
+            out.push(m.nlink());
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The inodes `rel` has across every committed snapshot that holds it.
+fn snapshot_inodes(env: &Env, rel: &str) -> Vec<u64> {
+    let mut out = Vec::new();
+    for e in fs::read_dir(env.root().join("snapshots")).unwrap() {
+        let p = e.unwrap().path().join(rel);
+        if let Ok(m) = fs::symlink_metadata(&p) {
+            out.push(m.ino());
+        }
+    }
+    out
+}
+
+#[test]
+fn incremental_snapshots_equal_a_fresh_copy_after_every_change() {
+    let env = Env::new();
+    let ctx = env.path("ctx");
+    write(&ctx.join("keep.txt"), "never changes", 0o644);
+    write(&ctx.join("src/main.rs"), "fn main() {}\n", 0o644);
+    write(&ctx.join("bin/run"), "#!/bin/sh\n", 0o755);
+    write(&ctx.join("edit.txt"), "v1", 0o600);
+    write(&ctx.join("becomes-dir"), "a file", 0o644);
+    write(&ctx.join("old-name"), "moves", 0o644);
+    fs::hard_link(ctx.join("src/main.rs"), ctx.join("main-link.rs")).unwrap();
+    fs::create_dir_all(ctx.join("empty/nested")).unwrap();
+    symlink("keep.txt", ctx.join("link")).unwrap();
+    let def = env.write(
+        "def.toml",
+        "version = 1\n[steps.ctx]\nsource = \"local://context\"\n[output]\nstep = \"ctx\"\n",
+    );
+
+    type Change = Box<dyn Fn(&Path)>;
+    let changes: Vec<Change> = vec![
+        Box::new(|_| {}),
+        Box::new(|c| {
+            fs::write(c.join("edit.txt"), "v2, longer").unwrap();
+            write(&c.join("added/new.txt"), "new", 0o640);
+            fs::rename(c.join("old-name"), c.join("new-name")).unwrap();
+            fs::remove_file(c.join("becomes-dir")).unwrap();
+            write(&c.join("becomes-dir/inside"), "now a dir", 0o644);
+            fs::set_permissions(c.join("bin/run"), fs::Permissions::from_mode(0o700)).unwrap();
+        }),
+        Box::new(|c| {
+            fs::remove_dir_all(c.join("added")).unwrap();
+            fs::remove_file(c.join("main-link.rs")).unwrap();
+            fs::hard_link(c.join("edit.txt"), c.join("edit-link.txt")).unwrap();
+            fs::remove_file(c.join("link")).unwrap();
+            symlink("src/main.rs", c.join("link")).unwrap();
+            fs::remove_dir(c.join("empty/nested")).unwrap();
+        }),
+    ];
+    for (round, change) in changes.iter().enumerate() {
+        change(&ctx);
+        settle(&env);
+        let out = env.path(&format!("out{round}"));
+        let fresh = env.path(&format!("fresh{round}"));
+        build_to(&env, &def, &ctx, &out);
+        fetch_fresh(&env, &ctx, &fresh, &[]);
+        assert_eq!(
+            full_listing(&out),
+            full_listing(&fresh),
+            "round {round}: the built snapshot differs from a fresh copy"
+        );
+    }
+    // Two changed rounds made two more snapshots; the unchanged file is one inode in
+    // all of them (taken from the kept copy), the edited one is not.
+    let keep = snapshot_inodes(&env, "keep.txt");
+    assert!(keep.len() >= 3, "{keep:?}");
+    assert!(keep.windows(2).all(|w| w[0] == w[1]), "{keep:?}");
+    let mut edit = snapshot_inodes(&env, "edit.txt");
+    edit.dedup();
+    assert!(edit.len() >= 2, "{edit:?}");
+    // A fetch into a user's folder never shares inodes with kiln's state.
+    let fresh = env.path("fresh0");
+    assert_eq!(fs::metadata(fresh.join("keep.txt")).unwrap().nlink(), 1);
+}
+
+#[test]
+fn differ_none_copies_every_file() {
+    let env = Env::new();
+    let ctx = env.path("ctx");
+    write(&ctx.join("a.txt"), "a", 0o644);
+    write(&ctx.join("b.txt"), "b", 0o644);
+    let def = |differ: &str| {
+        env.write(
+            "def.toml",
+            format!(
+                "version = 1\n[steps.ctx]\nsource = \"local://context\"\n\
+                 attrs = {{ \"local.differ\" = \"{differ}\" }}\n[output]\nstep = \"ctx\"\n"
+            ),
+        )
+    };
+    let d = def("none");
+    build_to(&env, &d, &ctx, &env.path("o1"));
+    settle(&env);
+    fs::write(ctx.join("b.txt"), "b2").unwrap();
+    build_to(&env, &d, &ctx, &env.path("o2"));
+    let a = snapshot_inodes(&env, "a.txt");
+    assert_eq!(a.len(), 2);
+    assert_ne!(a[0], a[1], "differ=none must copy unchanged files too");
+    // Nothing was kept: each snapshot's file has one name.
+    assert_eq!(snapshot_nlinks(&env, "a.txt"), [1, 1]);
+    // The default (metadata) differ keeps a copy, then takes a.txt from it.
+    let d = def("metadata");
+    fs::write(ctx.join("b.txt"), "b3").unwrap();
+    build_to(&env, &d, &ctx, &env.path("o3"));
+    settle(&env);
+    fs::write(ctx.join("b.txt"), "b4").unwrap();
+    build_to(&env, &d, &ctx, &env.path("o4"));
+    let a = snapshot_inodes(&env, "a.txt");
+    assert_eq!(a.len(), 4);
+    let mut distinct = a.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(
+        distinct.len(),
+        3,
+        "the last two snapshots share a.txt: {a:?}"
+    );
+    assert_eq!(full_listing(&env.path("o4")).len(), 2);
+    assert_eq!(fs::read(env.path("o4/b.txt")).unwrap(), b"b4");
+}
+
+#[test]
+fn an_ignore_file_with_exceptions() {
+    let env = Env::new();
+    let ctx = env.path("ctx");
+    write(&ctx.join("src/lib.rs"), "lib", 0o644);
+    write(&ctx.join("target/debug/app"), "binary", 0o755);
+    write(&ctx.join("target/keep.txt"), "kept", 0o644);
+    write(&ctx.join(".git/HEAD"), "ref", 0o644);
+    write(&ctx.join("notes.log"), "log", 0o644);
+    write(&ctx.join("important.log"), "log", 0o644);
+    write(
+        &ctx.join(".dockerignore"),
+        "# build output\ntarget\n!target/keep.txt\n.git\n*.log\n!important.log\n",
+        0o644,
+    );
+    let names = |dir: &Path| full_listing(dir).into_keys().collect::<Vec<_>>();
+    let want = [
+        ".dockerignore",
+        "important.log",
+        "src",
+        "src/lib.rs",
+        "target",
+        "target/keep.txt",
+    ];
+    // By default .dockerignore at the root applies, to builds and fetches alike.
+    let def = env.write(
+        "def.toml",
+        "version = 1\n[steps.ctx]\nsource = \"local://context\"\n[output]\nstep = \"ctx\"\n",
+    );
+    build_to(&env, &def, &ctx, &env.path("built"));
+    assert_eq!(names(&env.path("built")), want);
+    fetch_fresh(&env, &ctx, &env.path("fetched"), &[]);
+    assert_eq!(names(&env.path("fetched")), want);
+    // local.ignorefile names another file; "" turns ignore files off.
+    write(&ctx.join("ci/ignore"), "*\n!src\n", 0o644);
+    fetch_fresh(&env, &ctx, &env.path("ci"), &["local.ignorefile=ci/ignore"]);
+    assert_eq!(names(&env.path("ci")), ["src", "src/lib.rs"]);
+    fetch_fresh(&env, &ctx, &env.path("all"), &["local.ignorefile="]);
+    assert!(names(&env.path("all")).contains(&".git/HEAD".to_string()));
+    // A named file that is missing, or a bad pattern, is an error naming the file.
+    let run = env.kiln([
+        "source",
+        "fetch",
+        "local://context",
+        "--local",
+        &local_arg("context", &ctx),
+        "--attr",
+        "local.ignorefile=missing.ignore",
+        "--dest",
+        &env.path("x").display().to_string(),
+    ]);
+    assert_ne!(run.code, 0);
+    assert!(run.stderr.contains("missing.ignore"), "{}", run.stderr);
+    write(&ctx.join(".dockerignore"), "ok\n[broken\n", 0o644);
+    let run = env.kiln([
+        "source",
+        "fetch",
+        "local://context",
+        "--local",
+        &local_arg("context", &ctx),
+        "--dest",
+        &env.path("y").display().to_string(),
+    ]);
+    assert_ne!(run.code, 0);
+    assert!(
+        run.stderr.contains(".dockerignore") && run.stderr.contains("[broken"),
+        "{}",
+        run.stderr
+    );
+    assert!(!env.path("y").exists() || fs::read_dir(env.path("y")).unwrap().next().is_none());
+}

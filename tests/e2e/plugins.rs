@@ -29,8 +29,11 @@ fn list(env: &Env, config: &Path) -> Vec<serde_json::Value> {
         "list".as_ref(),
         "--json".as_ref(),
     ]);
-    run.success();
-    run.json().as_array().expect("array").clone()
+    let rows = run.json().as_array().expect("array").clone();
+    // `plugins list` exits 2 exactly when a configured, enabled plugin failed.
+    let failed = rows.iter().any(|r| r["status"] == "failed");
+    run.expect_code(if failed { 2 } else { 0 });
+    rows
 }
 
 #[test]
@@ -610,7 +613,7 @@ fn panics_in_describe_new_source_and_drop_never_take_the_host_down() {
             .output()
             .unwrap()
             .into();
-        run.success();
+        run.expect_code(2);
         let rows = run.json();
         assert_eq!(rows[0]["status"], "failed", "{rows}");
         assert_eq!(rows[0]["reason"], reason, "{rows}");

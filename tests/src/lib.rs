@@ -174,3 +174,5 @@ pub mod http_server;
 
 /// Git servers (`git daemon`, smart HTTP) and scratch repositories for the git tests.
 pub mod git_server;
+/// A registry (docker-registry), a token server and test images for the image source.
+pub mod registry;

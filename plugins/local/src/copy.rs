@@ -8,8 +8,13 @@
 //! the walk is done. Hardlinks are linked afterwards, and directory modes and times
 //! are set last, deepest first, so that writing their contents does not change them
 //! again.
+//!
+//! With a [`Kept`] state ([`copy_tree_kept`]), a regular file whose stat is unchanged
+//! since the last snapshot is hard-linked from the kept object instead of copied, and
+//! every copied file is kept for the next time (see [`crate::kept`] for why that is
+//! safe). A file or directory that vanishes between the walk and its copy is skipped.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -21,6 +26,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Mutex};
 
 use kiln_plugin_api::patterns::{FilterState, PathFilter};
+
+use crate::kept::{Kept, Record, Stat};
 
 /// Why a copy failed.
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +73,10 @@ pub struct CopyStats {
     pub skipped: u64,
     /// Bytes of file content.
     pub bytes: u64,
+    /// Regular files hard-linked from the kept copy of the last snapshot (unchanged).
+    pub reused: u64,
+    /// Entries that vanished between the walk and their copy (skipped).
+    pub vanished: u64,
 }
 
 /// How to copy.
@@ -119,6 +130,24 @@ struct Item {
     /// The size seen by the walk: what is copied (a file growing meanwhile is cut
     /// there, consistent with the mtime copied).
     size: u64,
+    /// With a kept state: the object number, and whether it already holds this file
+    /// (link it) or is to be made from the new copy.
+    obj: Option<(u64, bool)>,
+}
+
+/// What one worker call did.
+enum Done {
+    /// Wrote (or linked) the entry; bytes of content copied.
+    Wrote(u64),
+    /// Linked an unchanged file from its kept object.
+    Reused,
+    /// The source was gone.
+    Vanished,
+}
+
+/// Whether `e` says the source entry no longer exists.
+fn is_gone(e: &CopyError) -> bool {
+    matches!(e, CopyError::Io { source, .. } if source.kind() == io::ErrorKind::NotFound)
 }
 
 /// A directory met by the walk.
@@ -303,17 +332,67 @@ fn set_times_path(path: &Path, m: &Meta) -> Result<(), CopyError> {
 /// Per-worker state: a reusable buffer for the read/write fallback.
 struct Worker<'a> {
     env: &'a Env,
+    kept: Option<&'a Kept>,
+    shared: &'a Shared,
     buf: Vec<u8>,
     /// `copy_file_range` works between these filesystems (cleared on the first refusal).
     range_ok: bool,
 }
 
 impl Worker<'_> {
-    fn run(&mut self, item: &Item) -> Result<u64, CopyError> {
-        match item.kind {
-            Kind::File => self.file(item),
-            Kind::Symlink => self.symlink(item).map(|()| 0),
-            Kind::Fifo => self.fifo(item).map(|()| 0),
+    fn run(&mut self, item: &Item) -> Result<Done, CopyError> {
+        let r = match item.kind {
+            Kind::File => return self.kept_file(item),
+            Kind::Symlink => self.symlink(item).map(|()| Done::Wrote(0)),
+            Kind::Fifo => self.fifo(item).map(|()| Done::Wrote(0)),
+        };
+        match r {
+            Err(e) if is_gone(&e) && !item.dest.exists() => Ok(Done::Vanished),
+            r => r,
+        }
+    }
+
+    /// A regular file: linked from its kept object when unchanged, else copied (and
+    /// kept, with a kept state).
+    fn kept_file(&mut self, item: &Item) -> Result<Done, CopyError> {
+        let (Some(kept), Some((obj, reuse))) = (self.kept, item.obj) else {
+            return match self.file(item) {
+                Ok(n) => Ok(Done::Wrote(n)),
+                Err(e) if is_gone(&e) => Ok(Done::Vanished),
+                Err(e) => Err(e),
+            };
+        };
+        let mut keep_as = obj;
+        if reuse {
+            match fs::hard_link(kept.object_path(obj), &item.dest) {
+                Ok(()) => return Ok(Done::Reused),
+                Err(e) => {
+                    // A missing object or a full link count: copy, and keep the copy
+                    // under a new number.
+                    tracing::debug!(path = %item.dest.display(), "kept object not linked: {e}");
+                    keep_as = kept.new_object();
+                }
+            }
+        }
+        match self.file(item) {
+            Ok(n) => {
+                match kept.keep(&item.dest, keep_as) {
+                    Ok(()) if keep_as != obj => {
+                        self.shared.renumbered.lock().unwrap().insert(obj, keep_as);
+                    }
+                    Ok(()) => {}
+                    Err(e) => {
+                        tracing::debug!(path = %item.dest.display(), "copy not kept: {e}");
+                        self.shared.failed.lock().unwrap().insert(obj);
+                    }
+                }
+                Ok(Done::Wrote(n))
+            }
+            Err(e) if is_gone(&e) => {
+                self.shared.failed.lock().unwrap().insert(obj);
+                Ok(Done::Vanished)
+            }
+            Err(e) => Err(e),
         }
     }
 
@@ -467,14 +546,22 @@ struct Plan {
     /// `(existing copy, new name)` pairs for hardlinks.
     links: Vec<(PathBuf, PathBuf)>,
     skipped: u64,
+    /// Entries gone between their listing and their stat.
+    vanished: u64,
 }
 
 struct Walker<'a> {
     filter: &'a PathFilter,
     opts: &'a CopyOptions<'a>,
     plan: Plan,
-    /// First copy of each multiply-linked file, by `(dev, ino)`.
-    inodes: HashMap<(u64, u64), PathBuf>,
+    /// First copy of each multiply-linked file, by `(dev, ino)`, and its object.
+    inodes: HashMap<(u64, u64), (PathBuf, Option<u64>)>,
+    /// The kept state, if the copy is incremental.
+    kept: Option<&'a Kept>,
+    /// The files of this snapshot for the next manifest (with a kept state).
+    records: Vec<(Vec<u8>, Record)>,
+    /// Length of the source root path plus the separator: cut off for manifest paths.
+    root_len: usize,
     seen: u64,
     /// Entries not yet sent to the workers.
     batch: Vec<Item>,
@@ -518,7 +605,17 @@ impl Walker<'_> {
                 )
             };
             let mut entries = Vec::new();
-            for entry in fs::read_dir(&src).map_err(io_err("list directory", &src))? {
+            let listing = match fs::read_dir(&src) {
+                Ok(l) => l,
+                // Removed since its parent was listed: skipped, as a vanished file is.
+                Err(e) if idx != 0 && e.kind() == io::ErrorKind::NotFound => {
+                    tracing::debug!(path = %src.display(), "vanished during the walk");
+                    self.plan.vanished += 1;
+                    continue;
+                }
+                Err(e) => return Err(io_err("list directory", &src)(e)),
+            };
+            for entry in listing {
                 let entry = entry.map_err(io_err("list directory", &src))?;
                 entries.push((entry.file_name(), entry));
             }
@@ -538,6 +635,7 @@ impl Walker<'_> {
                     Ok(m) => m,
                     Err(e) if e.kind() == io::ErrorKind::NotFound => {
                         tracing::debug!(path = %esrc.display(), "vanished during the walk");
+                        self.plan.vanished += 1;
                         continue;
                     }
                     Err(e) => return Err(io_err("read", &esrc)(e)),
@@ -587,14 +685,36 @@ impl Walker<'_> {
                     continue;
                 };
                 self.materialize(idx)?;
+                let mut obj = None;
+                if let (Kind::File, Some(kept)) = (kind, self.kept) {
+                    let stat = Stat::of(&meta);
+                    let rel = esrc.as_os_str().as_bytes()[self.root_len..].to_vec();
+                    let first = meta
+                        .nlink()
+                        .gt(&1)
+                        .then(|| self.inodes.get(&(stat.dev, stat.ino)))
+                        .flatten();
+                    let (id, reuse) = match first {
+                        Some((_, Some(id))) => (*id, true),
+                        _ => match kept.reusable(&rel, &stat) {
+                            Some(r) => (r.obj, true),
+                            None => (kept.new_object(), false),
+                        },
+                    };
+                    self.records.push((rel, Record { stat, obj: id }));
+                    obj = Some((id, reuse));
+                }
                 if matches!(kind, Kind::File) && meta.nlink() > 1 {
                     match self.inodes.get(&(meta.dev(), meta.ino())) {
-                        Some(first) => {
+                        Some((first, _)) => {
                             self.plan.links.push((first.clone(), edest));
                             continue;
                         }
                         None => {
-                            self.inodes.insert((meta.dev(), meta.ino()), edest.clone());
+                            self.inodes.insert(
+                                (meta.dev(), meta.ino()),
+                                (edest.clone(), obj.map(|o| o.0)),
+                            );
                         }
                     }
                 }
@@ -605,6 +725,7 @@ impl Walker<'_> {
                     dest: edest,
                     meta: Meta::of(&meta),
                     size: meta.len(),
+                    obj,
                 });
                 if self.batch.len() >= BATCH {
                     self.flush();
@@ -636,6 +757,12 @@ struct Shared {
     bytes: AtomicU64,
     done: AtomicU64,
     counts: [AtomicU64; 3],
+    reused: AtomicU64,
+    vanished: AtomicU64,
+    /// Object numbers not made or not linkable: left out of the next manifest.
+    failed: Mutex<HashSet<u64>>,
+    /// Kept objects that could not be linked and were copied again: old → new number.
+    renumbered: Mutex<HashMap<u64, u64>>,
 }
 
 impl Shared {
@@ -652,17 +779,21 @@ impl Shared {
 /// thread's worker (`opts` set) also polls cancellation and reports progress.
 fn work(
     env: &Env,
+    kept: Option<&Kept>,
     rx: &Mutex<mpsc::Receiver<Vec<Item>>>,
     shared: &Shared,
     opts: Option<&CopyOptions<'_>>,
 ) {
     let mut w = Worker {
         env,
+        kept,
+        shared,
         buf: Vec::new(),
         range_ok: true,
     };
     let mut bytes = 0u64;
     let mut counts = [0u64; 3];
+    let (mut reused, mut vanished) = (0u64, 0u64);
     while !shared.stop.load(Ordering::Relaxed) {
         let batch = match rx.lock().unwrap().recv() {
             Ok(b) => b,
@@ -677,9 +808,17 @@ fn work(
         }
         for item in &batch {
             match w.run(item) {
-                Ok(n) => {
+                Ok(Done::Wrote(n)) => {
                     bytes += n;
                     counts[item.kind as usize] += 1;
+                }
+                Ok(Done::Reused) => {
+                    reused += 1;
+                    counts[item.kind as usize] += 1;
+                }
+                Ok(Done::Vanished) => {
+                    tracing::debug!(path = %item.src.display(), "vanished before its copy");
+                    vanished += 1;
                 }
                 Err(e) => {
                     shared.fail(e);
@@ -690,6 +829,8 @@ fn work(
         shared.done.fetch_add(batch.len() as u64, Ordering::Relaxed);
     }
     shared.bytes.fetch_add(bytes, Ordering::Relaxed);
+    shared.reused.fetch_add(reused, Ordering::Relaxed);
+    shared.vanished.fetch_add(vanished, Ordering::Relaxed);
     for (c, n) in shared.counts.iter().zip(counts) {
         c.fetch_add(n, Ordering::Relaxed);
     }
@@ -698,6 +839,36 @@ fn work(
 /// Copies what `opts.filter` selects of directory `src` into the existing, empty
 /// directory `dest`. `dest` itself keeps its own mode and times.
 pub fn copy_tree(src: &Path, dest: &Path, opts: &CopyOptions<'_>) -> Result<CopyStats, CopyError> {
+    copy_inner(src, dest, opts, None).map(|(stats, _, _)| stats)
+}
+
+/// [`copy_tree`], linking unchanged files from `kept` (the kept copy of the last
+/// snapshot of this context) and keeping the copied ones for the next snapshot. The
+/// kept state is saved only when the whole copy succeeded; failing to save it is
+/// logged, not an error.
+pub fn copy_tree_kept(
+    src: &Path,
+    dest: &Path,
+    opts: &CopyOptions<'_>,
+    kept: Kept,
+) -> Result<CopyStats, CopyError> {
+    let (stats, records, failed) = copy_inner(src, dest, opts, Some(&kept))?;
+    // The snapshot is complete either way; a kept state that could not be saved only
+    // makes the next snapshot a full copy.
+    if let Err(e) = kept.finish(records, &failed) {
+        tracing::warn!(path = %src.display(), "cannot save the kept copy of this context (the next snapshot copies everything): {e}");
+    }
+    Ok(stats)
+}
+
+type Outcome = (CopyStats, Vec<(Vec<u8>, Record)>, HashSet<u64>);
+
+fn copy_inner(
+    src: &Path,
+    dest: &Path,
+    opts: &CopyOptions<'_>,
+    kept: Option<&Kept>,
+) -> Result<Outcome, CopyError> {
     let env = Env::detect();
     let root_meta = fs::metadata(src).map_err(io_err("read", src))?;
     let shared = Shared::default();
@@ -705,7 +876,7 @@ pub fn copy_tree(src: &Path, dest: &Path, opts: &CopyOptions<'_>) -> Result<Copy
     let rx = Mutex::new(rx);
     let plan = std::thread::scope(|s| {
         for _ in 1..opts.threads.max(1) {
-            s.spawn(|| work(&env, &rx, &shared, None));
+            s.spawn(|| work(&env, kept, &rx, &shared, None));
         }
         let mut walker = Walker {
             filter: &opts.filter,
@@ -723,8 +894,12 @@ pub fn copy_tree(src: &Path, dest: &Path, opts: &CopyOptions<'_>) -> Result<Copy
                 items: 0,
                 links: Vec::new(),
                 skipped: 0,
+                vanished: 0,
             },
             inodes: HashMap::new(),
+            kept,
+            records: Vec::new(),
+            root_len: src.as_os_str().len() + 1,
             seen: 0,
             batch: Vec::with_capacity(BATCH),
             tx,
@@ -733,34 +908,61 @@ pub fn copy_tree(src: &Path, dest: &Path, opts: &CopyOptions<'_>) -> Result<Copy
         if let Err(e) = walker.walk() {
             shared.fail(e);
         }
-        let Walker { plan, tx, .. } = walker;
+        let Walker {
+            plan, tx, records, ..
+        } = walker;
         drop(tx); // the workers stop when the queue is empty
-        work(&env, &rx, &shared, Some(opts));
-        plan
+        work(&env, kept, &rx, &shared, Some(opts));
+        (plan, records)
     });
+    let (plan, records) = plan;
     if let Some(e) = shared.first_error.into_inner().unwrap() {
         return Err(e);
     }
     let counts = shared.counts;
     (opts.progress)(plan.items, plan.items);
 
+    let mut links = 0;
     for (existing, new) in &plan.links {
-        fs::hard_link(existing, new).map_err(io_err("create", new))?;
+        match fs::hard_link(existing, new) {
+            Ok(()) => links += 1,
+            // The first name vanished before its copy: so did this one, as far as the
+            // snapshot can tell.
+            Err(e) if e.kind() == io::ErrorKind::NotFound && !existing.exists() => {}
+            Err(e) => return Err(io_err("create", new)(e)),
+        }
     }
     let mut dirs = 0;
     for d in plan.dirs.iter().skip(1).rev().filter(|d| d.created) {
-        finish_node(&env, &d.src, &d.dest, &d.meta)?;
+        match finish_node(&env, &d.src, &d.dest, &d.meta) {
+            // Removed during the copy: it keeps the walk's mode and times unset.
+            Err(e) if is_gone(&e) && !d.src.exists() => continue,
+            r => r?,
+        }
         dirs += 1;
     }
-    Ok(CopyStats {
+    let stats = CopyStats {
         files: counts[Kind::File as usize].load(Ordering::Relaxed),
-        hardlinks: plan.links.len() as u64,
+        hardlinks: links,
         dirs,
         symlinks: counts[Kind::Symlink as usize].load(Ordering::Relaxed),
         fifos: counts[Kind::Fifo as usize].load(Ordering::Relaxed),
         skipped: plan.skipped,
         bytes: shared.bytes.load(Ordering::Relaxed),
-    })
+        reused: shared.reused.load(Ordering::Relaxed),
+        vanished: plan.vanished + shared.vanished.load(Ordering::Relaxed),
+    };
+    let failed = shared.failed.into_inner().unwrap();
+    let renumbered = shared.renumbered.into_inner().unwrap();
+    let mut records = records;
+    if !renumbered.is_empty() {
+        for (_, r) in &mut records {
+            if let Some(new) = renumbered.get(&r.obj) {
+                r.obj = *new;
+            }
+        }
+    }
+    Ok((stats, records, failed))
 }
 
 #[cfg(test)]

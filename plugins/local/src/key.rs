@@ -45,6 +45,8 @@ mod tests {
             follow: v(follow),
             shared_key_hint: None,
             differ: Differ::Metadata,
+            ignore_file: None,
+            ignore_file_explicit: false,
         }
     }
 
