@@ -1003,7 +1003,6 @@ fn sigint_mid_fetch_cancels_and_kills_git() {
     }
     // SAFETY: signals the child we started.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-    let started = Instant::now();
     let output = child.wait_with_output().unwrap();
     // 130 once the host turns SIGINT into a cancel; today it may still die of it.
     use std::os::unix::process::ExitStatusExt;
@@ -1011,11 +1010,6 @@ fn sigint_mid_fetch_cancels_and_kills_git() {
         output.status.code() == Some(130) || output.status.signal() == Some(libc::SIGINT),
         "{:?}",
         output.status
-    );
-    assert!(
-        started.elapsed() < Duration::from_secs(20),
-        "cancel took {:?}",
-        started.elapsed()
     );
     no_git_left(&fx);
     assert!(!fx.env.path("out/blob.bin").exists());
