@@ -19,6 +19,8 @@ declare -A needs=(
   [base64]=coreutils
   [gzip]=gzip
   [git-lfs]=git-lfs
+  [ssh-agent]=openssh-client
+  [sshd]=openssh-server
   [runc]=runc
   [busybox]=busybox-static
 )

@@ -568,3 +568,126 @@ pub fn which(program: &str) -> PathBuf {
         })
         .unwrap_or_else(|| panic!("this test needs `{program}` on PATH: apt-get install git"))
 }
+
+/// `sshd` on a free loopback port letting the current user in with one key, and an
+/// `ssh-agent` holding that key; both killed when dropped.
+pub struct SshServer {
+    port: u16,
+    sshd: Child,
+    agent: Child,
+    /// The agent's socket.
+    pub agent_socket: PathBuf,
+    /// The server's host key line for a known_hosts file (`[127.0.0.1]:PORT ssh-ed25519 …`).
+    pub known_host: String,
+}
+
+impl SshServer {
+    /// Starts both in `dir` (a scratch directory).
+    pub fn start(dir: &Path) -> Self {
+        crate::require_program("ssh-keygen", "openssh-client");
+        crate::require_program("ssh-agent", "openssh-client");
+        let sshd = Path::new("/usr/sbin/sshd");
+        assert!(
+            sshd.is_file(),
+            "this test needs sshd: install it with `apt-get install openssh-server`"
+        );
+        std::fs::create_dir_all(dir).expect("mkdir");
+        let keygen = |name: &str| {
+            let st = Command::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", "", "-C", "kiln-test", "-f"])
+                .arg(dir.join(name))
+                .stdin(Stdio::null())
+                .status()
+                .expect("ssh-keygen");
+            assert!(st.success(), "ssh-keygen failed");
+        };
+        keygen("host_key");
+        keygen("user_key");
+        std::fs::copy(dir.join("user_key.pub"), dir.join("authorized_keys")).expect("copy");
+        // sshd as root wants its privilege separation directory.
+        let _ = std::fs::create_dir_all("/run/sshd");
+        let port = free_port();
+        let config = dir.join("sshd_config");
+        std::fs::write(
+            &config,
+            format!(
+                "Port {port}\nListenAddress 127.0.0.1\nHostKey {}\nAuthorizedKeysFile {}\n\
+                 PasswordAuthentication no\nKbdInteractiveAuthentication no\n\
+                 PubkeyAuthentication yes\nPermitRootLogin prohibit-password\nStrictModes no\n\
+                 UsePAM no\nPidFile none\n",
+                dir.join("host_key").display(),
+                dir.join("authorized_keys").display()
+            ),
+        )
+        .expect("write sshd_config");
+        let sshd = Command::new(sshd)
+            .arg("-D")
+            .arg("-e")
+            .arg("-f")
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start sshd");
+        let agent_socket = dir.join("agent.sock");
+        let agent = Command::new("ssh-agent")
+            .arg("-D")
+            .arg("-a")
+            .arg(&agent_socket)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start ssh-agent");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !agent_socket.exists() || TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "sshd or ssh-agent did not start");
+            thread::sleep(Duration::from_millis(20));
+        }
+        let st = Command::new("ssh-add")
+            .arg("-q")
+            .arg(dir.join("user_key"))
+            .env("SSH_AUTH_SOCK", &agent_socket)
+            .stdin(Stdio::null())
+            .status()
+            .expect("ssh-add");
+        assert!(st.success(), "ssh-add failed");
+        let host_pub = std::fs::read_to_string(dir.join("host_key.pub")).expect("host key");
+        let mut parts = host_pub.split_whitespace();
+        let known_host = format!(
+            "[127.0.0.1]:{port} {} {}",
+            parts.next().unwrap_or_default(),
+            parts.next().unwrap_or_default()
+        );
+        Self {
+            port,
+            sshd,
+            agent,
+            agent_socket,
+            known_host,
+        }
+    }
+
+    /// `ssh://USER@127.0.0.1:PORT<abs path>` for the current user.
+    pub fn url(&self, path: &Path) -> String {
+        let user = std::env::var("USER")
+            .ok()
+            .filter(|u| !u.is_empty())
+            .unwrap_or_else(|| {
+                String::from_utf8_lossy(&Command::new("id").arg("-un").output().expect("id").stdout)
+                    .trim()
+                    .to_string()
+            });
+        format!("ssh://{user}@127.0.0.1:{}{}", self.port, path.display())
+    }
+}
+
+impl Drop for SshServer {
+    fn drop(&mut self) {
+        let _ = self.sshd.kill();
+        let _ = self.sshd.wait();
+        let _ = self.agent.kill();
+        let _ = self.agent.wait();
+    }
+}

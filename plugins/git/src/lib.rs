@@ -211,10 +211,10 @@ impl SourceInstance for GitStep {
         let r = self.resolved(&cli, job)?;
         let fetch_task = format!("fetch {}", self.id.remote);
         job.progress_start(&fetch_task, 0);
-        let report = |task: &str, cur: u64, total: u64| {
-            if task == "Receiving objects" {
-                job.progress_update(&fetch_task, cur, total)
-            }
+        // git's phases (counting, compressing, receiving, resolving) one after the
+        // other, each with its own counts.
+        let report = |phase: &str, cur: u64, total: u64| {
+            job.progress_update(&format!("{fetch_task}: {phase}"), cur, total)
         };
         let fetched = (|| {
             let repo = repo::open(
@@ -239,10 +239,8 @@ impl SourceInstance for GitStep {
         };
         let checkout_task = format!("checkout {}", &r.commit[..12.min(r.commit.len())]);
         job.progress_start(&checkout_task, 0);
-        let report = |task: &str, cur: u64, total: u64| {
-            if task == "Updating files" || task == "Receiving objects" {
-                job.progress_update(&checkout_task, cur, total)
-            }
+        let report = |phase: &str, cur: u64, total: u64| {
+            job.progress_update(&format!("{checkout_task}: {phase}"), cur, total)
         };
         let tmp = self.shared.state.join("tmp");
         checkout::clean_stale(&tmp);
