@@ -933,7 +933,11 @@ step = "out"
     );
     let meta: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(fx.env.path("out1.json")).unwrap()).unwrap();
-    assert_eq!(meta["sources"][0]["pin"], c.as_str(), "{meta}");
+    let src = &meta["sources"][0];
+    assert_eq!(src["pin"], c.as_str(), "{meta}");
+    assert_eq!(src["commit"], c.as_str(), "{meta}");
+    assert_eq!(src["ref"], "refs/heads/main", "{meta}");
+    assert_eq!(src["remote"], url.as_str(), "{meta}");
     assert!(h.requests().iter().any(|s| s.is_fetch()));
 
     h.reset();
@@ -956,6 +960,11 @@ step = "out"
         reqs.iter().map(|s| &s.target).collect::<Vec<_>>()
     );
     assert!(fx.env.path("out2/code/main.c").is_file());
+    // A cached build records the same remote, ref and commit.
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fx.env.path("out2.json")).unwrap()).unwrap();
+    assert_eq!(meta["sources"][0]["commit"], c.as_str(), "{meta}");
+    assert_eq!(meta["sources"][0]["ref"], "refs/heads/main", "{meta}");
 }
 
 /// Spawns `kiln source fetch` of `url#main` into `dest` with extra global args.

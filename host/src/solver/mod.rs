@@ -72,9 +72,15 @@ pub struct SourceRecord {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pin: Option<String>,
     /// For image sources: the image reference (without credentials), as the plugin
-    /// reported it in `image.ref`.
+    /// reported it in `image.ref`; for git sources: the full ref (`git.ref`).
     #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
     pub reference: Option<String>,
+    /// For git sources: the remote, credentials redacted (`git.remote`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remote: Option<String>,
+    /// For git sources: the commit checked out (`git.commit`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub commit: Option<String>,
 }
 
 /// What a successful build did.
@@ -265,7 +271,13 @@ pub(crate) async fn build_with(
                 step: step.clone(),
                 identifier: identifier.clone(),
                 pin: pin.clone(),
-                reference: r.opts.get(base::OPT_REF).cloned(),
+                reference: r
+                    .opts
+                    .get(base::OPT_REF)
+                    .or_else(|| r.opts.get("git.ref"))
+                    .cloned(),
+                remote: r.opts.get("git.remote").cloned(),
+                commit: r.opts.get("git.commit").cloned(),
             })
         })
         .collect();

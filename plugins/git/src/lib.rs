@@ -202,7 +202,9 @@ impl SourceInstance for GitStep {
             key: key::cache_key(&self.id, &r),
             pin: key::pin(&r),
             done: true,
-            opts: Vec::new(),
+            // For the host's --metadata-file (also on cache hits); the remote is the
+            // redacted form.
+            opts: self.described(&r),
         })
     }
 
@@ -260,14 +262,20 @@ impl SourceInstance for GitStep {
             done.as_ref().err().map(|e| e.message.as_str()),
         );
         done?;
-        Ok(Snapshot {
-            metadata: vec![
-                ("git.remote".into(), self.id.remote.to_string()),
-                ("git.ref".into(), r.fullref.clone()),
-                ("git.commit".into(), r.commit.clone()),
-                ("git.checksum".into(), r.checksum.clone()),
-            ],
-        })
+        let mut metadata = self.described(&r);
+        metadata.push(("git.checksum".into(), r.checksum.clone()));
+        Ok(Snapshot { metadata })
+    }
+}
+
+impl GitStep {
+    /// The remote (redacted), the full ref and the commit, as `git.*` pairs.
+    fn described(&self, r: &Resolved) -> Vec<(String, String)> {
+        vec![
+            ("git.remote".into(), self.id.remote.to_string()),
+            ("git.ref".into(), r.fullref.clone()),
+            ("git.commit".into(), r.commit.clone()),
+        ]
     }
 }
 
