@@ -2,7 +2,7 @@
 //! store and exporters. The `kiln` binary is a thin wrapper around [`cli::main`].
 
 pub mod app;
-pub mod build;
+pub mod definition;
 pub mod cli;
 pub mod config;
 pub mod contenthash;

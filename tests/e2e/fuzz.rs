@@ -313,7 +313,7 @@ const DEF_FRAGMENTS: &[&str] = &[
 fn build_definitions_never_panic() {
     let dir = std::env::temp_dir();
     fuzz("definition", texty(DEF_FRAGMENTS), |text| {
-        let r = kiln::build::Definition::parse(&text, dir.clone());
+        let r = kiln::definition::Definition::parse(&text, dir.clone());
         if let Err(e) = r {
             prop_assert!(!e.to_string().is_empty());
         }

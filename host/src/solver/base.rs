@@ -14,7 +14,7 @@ use std::sync::Arc;
 use sha2::{Digest, Sha256};
 
 use super::graph::NodeResult;
-use crate::build::{Definition, Step};
+use crate::definition::{Definition, Step};
 use crate::export::{BaseImage, BaseLayer};
 use crate::store::Store;
 

@@ -11,8 +11,8 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use crate::build::op::OpDef;
-use crate::build::{Action, RunStep};
+use crate::definition::op::OpDef;
+use crate::definition::{Action, RunStep};
 use crate::contenthash::{ContentHasher, Selector, TreeHash};
 use crate::job::Job;
 use crate::progress::{Progress, StepEvent};

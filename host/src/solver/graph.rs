@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use tokio::sync::OnceCell;
 
-use crate::build::op::{self, OpDef};
-use crate::build::{Definition, FileStep, RunStep, Step};
+use crate::definition::op::{self, OpDef};
+use crate::definition::{Definition, FileStep, RunStep, Step};
 use crate::source_manager::{SourceError, SourceIdentifier, SourceManager};
 use crate::store::SnapshotId;
 

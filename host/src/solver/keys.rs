@@ -13,7 +13,7 @@
 
 use serde_json::json;
 
-use crate::build::op::{canonical_bytes, sha256_digest};
+use crate::definition::op::{canonical_bytes, sha256_digest};
 use crate::contenthash::Selector;
 
 /// Whether a key is session-scoped (never looked up, never reused across builds).

@@ -2,7 +2,7 @@
 //! worker, BuildKit-style (buildkit-sources.md §4).
 //!
 //! - Every step becomes a vertex whose digest comes from its canonical op definition
-//!   and its inputs' digests ([`crate::build::op`]). Identical vertices in one build,
+//!   and its inputs' digests ([`crate::definition::op`]). Identical vertices in one build,
 //!   and in concurrent builds of one process, are one node: its cache keys, snapshot,
 //!   content hashes and execution happen once (BuildKit's `sharedOp`).
 //! - Cache keys follow [`keys`]: sources use their plugin's multi-index keys (a later
@@ -28,7 +28,7 @@ use std::sync::Arc;
 use sha2::{Digest, Sha256};
 
 use crate::app::AppContext;
-use crate::build::{Definition, DefinitionError, Step};
+use crate::definition::{Definition, DefinitionError, Step};
 use crate::contenthash::ContentHasher;
 use crate::export::{ExportOptions, OutputSpec};
 use crate::job::Job;

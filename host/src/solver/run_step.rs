@@ -8,7 +8,7 @@ use std::sync::{Mutex, OnceLock};
 
 use serde_json::Value;
 
-use crate::build::{NetworkMode, RunMount, RunStep};
+use crate::definition::{NetworkMode, RunMount, RunStep};
 use crate::exec::{
     self, CacheMount, Changes, ExecContext, ExecSpec, Mount, Network, Runtime, Sharing,
 };

@@ -12,7 +12,7 @@ use super::pattern::{check_component, glob_component, has_wildcards};
 use super::root::{clean_rel, Root};
 use super::tree::{remove_existing, Copier, CopyOptions};
 use super::unpack::{self, mkdir_all};
-use crate::build::{Action, Copy, Mkdir, Mkfile, Rm, Symlink};
+use crate::definition::{Action, Copy, Mkdir, Mkfile, Rm, Symlink};
 use kiln_plugin_api::patterns::PathFilter;
 
 /// Applies `actions` in order to the tree at `target`. `inputs` maps a copy's `from`
@@ -74,7 +74,7 @@ fn apply_one(
     }
 }
 
-fn owner_of(o: &Option<crate::build::Owner>) -> Option<(u32, u32)> {
+fn owner_of(o: &Option<crate::definition::Owner>) -> Option<(u32, u32)> {
     o.as_ref().map(|o| (o.uid, o.gid))
 }
 

@@ -7,7 +7,7 @@ use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use super::*;
-use crate::build::Action;
+use crate::definition::Action;
 
 #[derive(serde::Deserialize)]
 struct Actions {

@@ -245,7 +245,7 @@ pub fn vertex_digest(canonical: &Value, input_digests: &[String]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::build::{Copy, Mkdir};
+    use crate::definition::{Copy, Mkdir};
 
     fn copy(from: &str, src: &str) -> Action {
         Action::Copy(Copy {
