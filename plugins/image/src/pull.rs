@@ -465,16 +465,23 @@ impl Puller<'_> {
         self.job.progress_start(&task, l.size);
         let comp = Compression::from_media_type(&l.media_type).expect("checked at resolve");
         let stats = apply_layer(dest, io::BufReader::with_capacity(1 << 20, f), comp, opts)
-            .map_err(|e| self.hostile(l, e));
+            .map_err(|e| self.unpack_error(l, e));
         self.job
             .progress_finish(&task, l.size, stats.as_ref().err().map(|_| "failed"));
         self.check_diff_id(l, diff_id, &stats?.diff_id)
     }
 
-    fn hostile(&self, l: &Descriptor, e: crate::unpack::UnpackError) -> PluginError {
+    /// The error of a layer that could not be applied, worded by what went wrong.
+    fn unpack_error(&self, l: &Descriptor, e: crate::unpack::UnpackError) -> PluginError {
+        use crate::unpack::UnpackErrorKind as K;
+        let what = match e.kind() {
+            K::Refused => "refused",
+            K::Stream => "not a valid layer",
+            K::Filesystem => "cannot write the tree",
+        };
         PluginError::new(
             ErrorCode::INTERNAL,
-            format!("{}: layer {}: refused: {e}", self.name, l.digest),
+            format!("{}: layer {}: {what}: {e}", self.name, l.digest),
         )
     }
 
@@ -539,7 +546,7 @@ impl Puller<'_> {
                 return Err(e.context(format!("{}: layer {}", self.name, l.digest)));
             }
         }
-        let stats = applied.map_err(|e| self.hostile(l, e))?;
+        let stats = applied.map_err(|e| self.unpack_error(l, e))?;
         self.check_diff_id(l, diff_id, &stats.diff_id)
     }
 
