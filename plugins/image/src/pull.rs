@@ -431,7 +431,7 @@ impl Puller<'_> {
         };
         let r = drain(&mut tee);
         self.job
-            .progress_finish(&task, tee.done, r.as_ref().err().map(|_| "failed"));
+            .progress_finish(&task, tee.done, r.as_ref().err().map(|_| "download error"));
         self.job.check_cancelled()?;
         r.map_err(|e| PluginError::network(format!("{}: layer {}: {e}", self.name, l.digest)))?;
         w.commit(Some(&l.digest))
@@ -467,7 +467,7 @@ impl Puller<'_> {
         let stats = apply_layer(dest, io::BufReader::with_capacity(1 << 20, f), comp, opts)
             .map_err(|e| self.unpack_error(l, e));
         self.job
-            .progress_finish(&task, l.size, stats.as_ref().err().map(|_| "failed"));
+            .progress_finish(&task, l.size, stats.as_ref().err().map(|_| "unpack error"));
         self.check_diff_id(l, diff_id, &stats?.diff_id)
     }
 
@@ -561,7 +561,7 @@ impl Puller<'_> {
         self.job.progress_finish(
             &task,
             done,
-            (applied.is_err() || committed.is_err()).then_some("failed"),
+            (applied.is_err() || committed.is_err()).then_some("layer error"),
         );
         if let Err(e) = committed {
             if e.code == ErrorCode::CHECKSUM_MISMATCH {
