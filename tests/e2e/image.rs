@@ -630,6 +630,31 @@ fn credentials_from_config_json_and_a_credential_helper_with_a_token_server() {
     r.success();
     assert_eq!(read(&env2.path("helper/app/hello")), "hello auth\n");
 
+    // An identity token (OAuth2 refresh token) in config.json, exchanged at the realm.
+    let refresh = tokens.refresh_token.clone().unwrap();
+    let id_cfg = env.path("docker-idtoken");
+    std::fs::create_dir_all(&id_cfg).unwrap();
+    std::fs::write(
+        id_cfg.join("config.json"),
+        format!(
+            r#"{{"auths":{{"{}":{{"identitytoken":"{refresh}"}}}}}}"#,
+            reg.host
+        ),
+    )
+    .unwrap();
+    let env5 = Env::new();
+    let r = fetch_with_env(
+        &env5,
+        &id,
+        "idtoken",
+        &[("DOCKER_CONFIG", id_cfg.display().to_string())],
+        &[],
+    );
+    r.success();
+    assert_eq!(read(&env5.path("idtoken/app/hello")), "hello auth\n");
+    assert!(!r.stderr.contains(&refresh));
+    assert!(files_containing(&env5.root(), refresh.as_bytes()).is_empty());
+
     // containers' auth.json (podman, skopeo), through $REGISTRY_AUTH_FILE.
     let auth_json = env.write(
         "containers/auth.json",
