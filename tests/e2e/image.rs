@@ -369,61 +369,71 @@ fn whiteouts_and_opaque_dirs_end_to_end() {
     );
 }
 
+/// Hostile layers never change anything outside the rootfs: a `..` name is refused
+/// naming the layer and the entry (and no output is written); a write through a symlink
+/// the layer planted to a host directory lands inside the rootfs, as containerd resolves
+/// it.
 #[test]
-fn hostile_layers_are_refused_naming_the_entry() {
+fn hostile_layers_change_nothing_outside_the_rootfs() {
     let reg = Registry::start();
     let env = Env::new();
     let outside = env.path("outside");
     std::fs::create_dir_all(&outside).unwrap();
-    let cases: Vec<(&str, Vec<Entry>, &str)> = vec![
-        (
-            "dotdot",
-            vec![Entry::RawName(
-                b"../../../../escaped-file".to_vec(),
-                b"pwned".to_vec(),
-            )],
-            "escaped-file",
-        ),
-        (
-            "symlink",
-            vec![
-                Entry::Symlink("link".into(), outside.display().to_string()),
-                file("link/planted", "pwned"),
-            ],
-            "link/planted",
-        ),
-    ];
-    for (name, entries, entry_name) in cases {
-        let bad = layer(&entries, Compression::Gzip);
-        let img = image::image(vec![bad.clone()], "linux/amd64", &[]);
-        reg.push_image(&format!("test/{name}"), "1", &img);
-        let r = fetch(
-            &env,
-            &format!("docker-image://{}/test/{name}:1", reg.host),
-            &format!("out-{name}"),
-            &["--platform", "linux/amd64"],
-        );
+    let id = |name: &str| format!("docker-image://{}/test/{name}:1", reg.host);
+    let p = ["--platform", "linux/amd64"];
+    let nothing_outside = |name: &str| {
         let planted: Vec<_> = std::fs::read_dir(&outside).unwrap().collect();
         assert!(
             planted.is_empty(),
             "{name}: something was written outside the rootfs"
         );
-        assert!(
-            !env.dir.path().join("escaped-file").exists() && !Path::new("/escaped-file").exists()
-        );
-        r.expect_code(1);
-        assert!(
-            r.stderr.contains(&bad.digest)
-                && r.stderr.contains(entry_name)
-                && r.stderr.contains("refused"),
-            "{name}: {}",
-            r.stderr
-        );
-        assert!(
-            !env.path(&format!("out-{name}")).join("link").exists(),
-            "{name}: half-written output"
-        );
-    }
+        assert!(!env.path("escaped-file").exists() && !Path::new("/escaped-file").exists());
+    };
+
+    let dotdot = layer(
+        &[Entry::RawName(
+            b"../../../../escaped-file".to_vec(),
+            b"pwned".to_vec(),
+        )],
+        Compression::Gzip,
+    );
+    reg.push_image(
+        "test/dotdot",
+        "1",
+        &image::image(vec![dotdot.clone()], "linux/amd64", &[]),
+    );
+    let r = fetch(&env, &id("dotdot"), "out-dotdot", &p);
+    nothing_outside("dotdot");
+    r.expect_code(1);
+    assert!(
+        r.stderr.contains(&dotdot.digest)
+            && r.stderr.contains("../../../../escaped-file")
+            && r.stderr.contains("refused"),
+        "{}",
+        r.stderr
+    );
+    assert!(!env.path("out-dotdot").exists(), "half-written output");
+
+    let through_link = layer(
+        &[
+            Entry::Symlink("link".into(), outside.display().to_string()),
+            file("link/planted", "pwned"),
+        ],
+        Compression::Gzip,
+    );
+    reg.push_image(
+        "test/symlink",
+        "1",
+        &image::image(vec![through_link], "linux/amd64", &[]),
+    );
+    let r = fetch(&env, &id("symlink"), "out-symlink", &p);
+    nothing_outside("symlink");
+    r.success();
+    let inside = env
+        .path("out-symlink")
+        .join(outside.strip_prefix("/").unwrap())
+        .join("planted");
+    assert_eq!(read(&inside), "pwned");
 }
 
 #[test]
@@ -619,6 +629,31 @@ fn credentials_from_config_json_and_a_credential_helper_with_a_token_server() {
     );
     r.success();
     assert_eq!(read(&env2.path("helper/app/hello")), "hello auth\n");
+
+    // An identity token (OAuth2 refresh token) in config.json, exchanged at the realm.
+    let refresh = tokens.refresh_token.clone().unwrap();
+    let id_cfg = env.path("docker-idtoken");
+    std::fs::create_dir_all(&id_cfg).unwrap();
+    std::fs::write(
+        id_cfg.join("config.json"),
+        format!(
+            r#"{{"auths":{{"{}":{{"identitytoken":"{refresh}"}}}}}}"#,
+            reg.host
+        ),
+    )
+    .unwrap();
+    let env5 = Env::new();
+    let r = fetch_with_env(
+        &env5,
+        &id,
+        "idtoken",
+        &[("DOCKER_CONFIG", id_cfg.display().to_string())],
+        &[],
+    );
+    r.success();
+    assert_eq!(read(&env5.path("idtoken/app/hello")), "hello auth\n");
+    assert!(!r.stderr.contains(&refresh));
+    assert!(files_containing(&env5.root(), refresh.as_bytes()).is_empty());
 
     // containers' auth.json (podman, skopeo), through $REGISTRY_AUTH_FILE.
     let auth_json = env.write(

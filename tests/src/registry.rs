@@ -462,6 +462,15 @@ pub fn base64(bytes: &[u8]) -> String {
     b64(bytes, false)
 }
 
+/// The refresh token ([`TokenServer::refresh_token`]) the server accepts for a login.
+fn refresh_token_for(basic: &str) -> String {
+    format!("refresh-{}", &digest_hex(basic.as_bytes())[..32])
+}
+
+fn digest_hex(b: &[u8]) -> String {
+    image::digest(b).trim_start_matches("sha256:").to_string()
+}
+
 /// A token server for distribution's `token` auth: `GET /token?service=…&scope=…`
 /// answers a JWT (RS256, signed with `openssl`, the certificate in `x5c`) granting
 /// pull on the scope's repository, after checking basic credentials when `login` is set.
@@ -474,6 +483,8 @@ pub struct TokenServer {
     pub issued: Arc<AtomicUsize>,
     /// Requests refused (bad credentials).
     pub refused: Arc<AtomicUsize>,
+    /// An OAuth2 refresh token accepted in place of the login (for `identitytoken`).
+    pub refresh_token: Option<String>,
     stop: Arc<AtomicBool>,
     _dir: tempfile::TempDir,
 }
@@ -515,6 +526,7 @@ impl TokenServer {
         let refused = Arc::new(AtomicUsize::new(0));
         let stop = Arc::new(AtomicBool::new(false));
         let want = login.map(|(u, p)| format!("Basic {}", base64(format!("{u}:{p}").as_bytes())));
+        let refresh_token = want.as_deref().map(refresh_token_for);
         let (i2, r2, s2) = (issued.clone(), refused.clone(), stop.clone());
         std::thread::spawn(move || {
             while !s2.load(Ordering::Relaxed) {
@@ -534,6 +546,7 @@ impl TokenServer {
             cert,
             issued,
             refused,
+            refresh_token,
             stop,
             _dir: dir,
         }
@@ -557,8 +570,10 @@ fn serve_token(
     let mut r = BufReader::new(stream.try_clone()?);
     let mut line = String::new();
     r.read_line(&mut line)?;
+    let method = line.split_whitespace().next().unwrap_or("").to_string();
     let target = line.split_whitespace().nth(1).unwrap_or("").to_string();
     let mut auth = None;
+    let mut length = 0usize;
     loop {
         let mut h = String::new();
         r.read_line(&mut h)?;
@@ -570,17 +585,34 @@ fn serve_token(
             if k.eq_ignore_ascii_case("authorization") {
                 auth = Some(v.trim().to_string());
             }
+            if k.eq_ignore_ascii_case("content-length") {
+                length = v.trim().parse().unwrap_or(0);
+            }
         }
     }
     let mut w = stream;
-    if want.is_some() && auth.as_deref() != want {
+    // An OAuth2 refresh-token grant (docker's `identitytoken`): POST with a form body.
+    let mut form = vec![0u8; length.min(1 << 16)];
+    r.read_exact(&mut form)?;
+    let form = String::from_utf8_lossy(&form).to_string();
+    let refresh_ok = method == "POST"
+        && want.is_some_and(|w| {
+            form.split('&')
+                .any(|kv| kv == format!("refresh_token={}", refresh_token_for(w)))
+        })
+        && form.split('&').any(|kv| kv == "grant_type=refresh_token");
+    if want.is_some() && auth.as_deref() != want && !refresh_ok {
         refused.fetch_add(1, Ordering::SeqCst);
         w.write_all(
             b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
         )?;
         return Ok(());
     }
-    let query = target.split_once('?').map_or("", |(_, q)| q);
+    let query = if method == "POST" {
+        form.as_str()
+    } else {
+        target.split_once('?').map_or("", |(_, q)| q)
+    };
     let param = |name: &str| {
         query
             .split('&')

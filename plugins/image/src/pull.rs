@@ -431,7 +431,7 @@ impl Puller<'_> {
         };
         let r = drain(&mut tee);
         self.job
-            .progress_finish(&task, tee.done, r.as_ref().err().map(|_| "failed"));
+            .progress_finish(&task, tee.done, r.as_ref().err().map(|_| "download error"));
         self.job.check_cancelled()?;
         r.map_err(|e| PluginError::network(format!("{}: layer {}: {e}", self.name, l.digest)))?;
         w.commit(Some(&l.digest))
@@ -465,16 +465,23 @@ impl Puller<'_> {
         self.job.progress_start(&task, l.size);
         let comp = Compression::from_media_type(&l.media_type).expect("checked at resolve");
         let stats = apply_layer(dest, io::BufReader::with_capacity(1 << 20, f), comp, opts)
-            .map_err(|e| self.hostile(l, e));
+            .map_err(|e| self.unpack_error(l, e));
         self.job
-            .progress_finish(&task, l.size, stats.as_ref().err().map(|_| "failed"));
+            .progress_finish(&task, l.size, stats.as_ref().err().map(|_| "unpack error"));
         self.check_diff_id(l, diff_id, &stats?.diff_id)
     }
 
-    fn hostile(&self, l: &Descriptor, e: crate::unpack::UnpackError) -> PluginError {
+    /// The error of a layer that could not be applied, worded by what went wrong.
+    fn unpack_error(&self, l: &Descriptor, e: crate::unpack::UnpackError) -> PluginError {
+        use crate::unpack::UnpackErrorKind as K;
+        let what = match e.kind() {
+            K::Refused => "refused",
+            K::Stream => "not a valid layer",
+            K::Filesystem => "cannot write the tree",
+        };
         PluginError::new(
             ErrorCode::INTERNAL,
-            format!("{}: layer {}: refused: {e}", self.name, l.digest),
+            format!("{}: layer {}: {what}: {e}", self.name, l.digest),
         )
     }
 
@@ -497,23 +504,48 @@ impl Puller<'_> {
         let task = format!("pull {}", short(&l.digest));
         self.job.progress_start(&task, l.size);
         let comp = Compression::from_media_type(&l.media_type).expect("checked at resolve");
-        let mut tee = Tee {
-            src: body,
-            writer: &mut w,
-            job: self.job,
-            task: &task,
-            total: l.size,
-            done: 0,
-            reported: 0,
-            failed: None,
-        };
-        let applied = apply_layer(dest, &mut tee, comp, opts);
-        if applied.is_err() {
-            // Read the rest so that a corrupt download is told apart from a hostile layer.
-            let _ = drain(&mut tee);
-        }
-        let done = tee.done;
-        if let Some(why) = tee.failed.take() {
+        // One pass, two threads: this one decompresses and writes the tree while a
+        // helper reads the network and writes the content store.
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(STREAM_CHUNKS);
+        let (applied, done, failed) = std::thread::scope(|s| {
+            let w = &mut w;
+            let task = &task;
+            let downloader = s.spawn(move || {
+                let mut tee = Tee {
+                    src: body,
+                    writer: w,
+                    job: self.job,
+                    task,
+                    total: l.size,
+                    done: 0,
+                    reported: 0,
+                    failed: None,
+                };
+                let mut tx = Some(tx);
+                loop {
+                    let mut buf = vec![0u8; STREAM_CHUNK];
+                    match tee.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            buf.truncate(n);
+                            // Once the unpacker stops (an error), keep reading into the
+                            // store: a corrupt download is then told apart from a
+                            // hostile layer by the digest.
+                            if tx.as_ref().is_some_and(|t| t.send(buf).is_err()) {
+                                tx = None;
+                            }
+                        }
+                    }
+                }
+                (tee.done, tee.failed.take())
+            });
+            let applied = apply_layer(dest, ChannelReader::new(rx), comp, opts);
+            let (done, failed) = downloader
+                .join()
+                .expect("the download thread does not panic");
+            (applied, done, failed)
+        });
+        if let Some(why) = failed {
             // Keep what arrived: the next pull resumes it with a Range request.
             drop(w);
             self.job
@@ -529,7 +561,7 @@ impl Puller<'_> {
         self.job.progress_finish(
             &task,
             done,
-            (applied.is_err() || committed.is_err()).then_some("failed"),
+            (applied.is_err() || committed.is_err()).then_some("layer error"),
         );
         if let Err(e) = committed {
             if e.code == ErrorCode::CHECKSUM_MISMATCH {
@@ -539,7 +571,7 @@ impl Puller<'_> {
                 return Err(e.context(format!("{}: layer {}", self.name, l.digest)));
             }
         }
-        let stats = applied.map_err(|e| self.hostile(l, e))?;
+        let stats = applied.map_err(|e| self.unpack_error(l, e))?;
         self.check_diff_id(l, diff_id, &stats.diff_id)
     }
 
@@ -619,6 +651,47 @@ impl Puller<'_> {
             stop.store(true, Ordering::Relaxed);
             result
         })
+    }
+}
+
+/// Chunks in flight between the download thread and the unpacker of a streamed layer.
+const STREAM_CHUNKS: usize = 32;
+/// The size of one such chunk.
+const STREAM_CHUNK: usize = 256 << 10;
+
+/// The unpacker's end of a streamed layer: the chunks the download thread sends, then
+/// EOF when it is done.
+struct ChannelReader {
+    rx: std::sync::mpsc::Receiver<Vec<u8>>,
+    cur: Vec<u8>,
+    pos: usize,
+}
+
+impl ChannelReader {
+    fn new(rx: std::sync::mpsc::Receiver<Vec<u8>>) -> Self {
+        Self {
+            rx,
+            cur: Vec::new(),
+            pos: 0,
+        }
+    }
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.pos == self.cur.len() {
+            match self.rx.recv() {
+                Ok(chunk) => {
+                    self.cur = chunk;
+                    self.pos = 0;
+                }
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.cur.len() - self.pos);
+        buf[..n].copy_from_slice(&self.cur[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
     }
 }
 
