@@ -2,10 +2,10 @@
 //! store and exporters. The `kiln` binary is a thin wrapper around [`cli::main`].
 
 pub mod app;
-pub mod definition;
 pub mod cli;
 pub mod config;
 pub mod contenthash;
+pub mod definition;
 pub mod exec;
 pub mod export;
 pub mod job;

@@ -11,9 +11,9 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use crate::contenthash::{ContentHasher, Selector, TreeHash};
 use crate::definition::op::OpDef;
 use crate::definition::{Action, RunStep};
-use crate::contenthash::{ContentHasher, Selector, TreeHash};
 use crate::job::Job;
 use crate::progress::{Progress, StepEvent};
 use crate::source_manager::{SourceManager, SourceOp};

@@ -13,8 +13,8 @@
 
 use serde_json::json;
 
-use crate::definition::op::{canonical_bytes, sha256_digest};
 use crate::contenthash::Selector;
+use crate::definition::op::{canonical_bytes, sha256_digest};
 
 /// Whether a key is session-scoped (never looked up, never reused across builds).
 pub fn is_random(key: &str) -> bool {

@@ -28,8 +28,8 @@ use std::sync::Arc;
 use sha2::{Digest, Sha256};
 
 use crate::app::AppContext;
-use crate::definition::{Definition, DefinitionError, Step};
 use crate::contenthash::ContentHasher;
+use crate::definition::{Definition, DefinitionError, Step};
 use crate::export::{ExportOptions, OutputSpec};
 use crate::job::Job;
 use crate::progress::{Progress, ProgressMode, StepEvent};

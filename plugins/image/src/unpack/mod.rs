@@ -21,8 +21,8 @@
 //! # Confinement
 //! Nothing outside `root` is ever created, changed or removed:
 //! - Entry names and hard link targets are cleaned lexically (`.` and empty components
-//!   dropped, `a/../b` is `b`); an absolute name or one that climbs out of the root with
-//!   `..` is refused.
+//!   dropped, `a/../b` is `b`, a leading `/` taken relative to the root as containerd
+//!   does); a name that climbs out of the root with `..` is refused.
 //! - Parent directories are resolved by the kernel inside the root (`openat2` with
 //!   `RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS`): a symlink met on the way, whether this layer
 //!   or a lower one planted it, absolute or relative, is followed as if `root` were `/`.
@@ -921,8 +921,8 @@ fn resolve_fail(what: &str, e: io::Error) -> Fail {
     }
 }
 
-/// Cleans an archive path into `out`: no leading `./`, no `.` or empty components, `..`
-/// applied lexically. Refuses absolute names, names climbing out of the root, and names
+/// Cleans an archive path into `out`: no leading `/` or `./`, no `.` or empty
+/// components, `..` applied lexically. Refuses names climbing out of the root and names
 /// longer than [`MAX_NAME`].
 fn clean_path(raw: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
     out.clear();
@@ -935,12 +935,9 @@ fn clean_path(raw: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
     if raw.contains(&0) {
         return Err("name contains a NUL byte".into());
     }
-    // The root entry itself may be written `/` (umoci insert does): it names the root,
-    // which stays as it is, like `./`. Any other absolute name is refused.
-    let only_root = raw.split(|&b| b == b'/').all(|c| c.is_empty() || c == b".");
-    if raw.first() == Some(&b'/') && !only_root {
-        return Err("absolute name refused (layer entries are relative to the root)".into());
-    }
+    // An absolute name (`umoci insert` writes the root entry as `/`, some tools write
+    // `/bin/sh`) is taken relative to the root, as docker and containerd take it; it
+    // can no more leave the root than a relative one.
     for comp in raw.split(|&b| b == b'/') {
         match comp {
             b"" | b"." => {}
