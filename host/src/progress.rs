@@ -128,16 +128,16 @@ impl Unit {
     /// The unit of a task named `task` (see the rule on [`Unit`]).
     pub fn of_task(task: &str) -> Unit {
         let lower = task.to_ascii_lowercase();
-        let mut words = lower.split(|c: char| !c.is_ascii_alphanumeric());
-        let first = words.next().unwrap_or_default().to_string();
+        // Words of the name itself: a URL or a path may say anything.
+        let mut words = lower
+            .split_whitespace()
+            .filter(|w| !w.contains(['/', ':']))
+            .map(|w| w.trim_matches(|c: char| !c.is_ascii_alphanumeric()));
         let counted = ["file", "files", "entries", "objects", "items"];
-        if lower
-            .split(|c: char| !c.is_ascii_alphanumeric())
-            .any(|w| counted.contains(&w))
-        {
+        if words.clone().any(|w| counted.contains(&w)) {
             return Unit::Count;
         }
-        match first.as_str() {
+        match words.next().unwrap_or_default() {
             "get" | "head" | "download" | "pull" | "push" | "upload" | "unpack" => Unit::Bytes,
             _ => Unit::Count,
         }
@@ -1010,6 +1010,163 @@ mod tests {
         let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
         assert!(text.contains("=> a CACHED\n"), "{text}");
         assert!(text.contains("=> b DONE "), "{text}");
+    }
+
+    fn written(buf: &Buf) -> String {
+        String::from_utf8(buf.0.lock().unwrap().clone()).unwrap()
+    }
+
+    #[test]
+    fn units_follow_the_task_name() {
+        for (task, unit) in [
+            ("GET https://host/file", Unit::Bytes),
+            ("download sha256:0123456789ab", Unit::Bytes),
+            ("pull sha256:0123456789ab", Unit::Bytes),
+            ("unpack sha256:0123456789ab", Unit::Bytes),
+            // The local plugin counts entries, git objects and files.
+            ("transferring context", Unit::Count),
+            ("fetch https://host/repo.git", Unit::Count),
+            ("checkout 0123456789ab", Unit::Count),
+            ("download 3 files", Unit::Count),
+            ("GET https://host/files/objects", Unit::Bytes),
+            ("twin counted", Unit::Count),
+        ] {
+            assert_eq!(Unit::of_task(task), unit, "{task}");
+        }
+        assert_eq!(Unit::Bytes.amount(3 << 20, 0), "3.0MiB");
+        assert_eq!(Unit::Bytes.amount(1 << 20, 4 << 20), "1.0MiB / 4.0MiB");
+        assert_eq!(Unit::Count.amount(1200, 0), "1200");
+        assert_eq!(Unit::Count.amount(5, 10), "5/10");
+    }
+
+    #[test]
+    fn plain_headers_come_before_detail_lines() {
+        let buf = Buf::default();
+        let p = Progress::to_writer(false, Box::new(buf.clone()));
+        // A source transfers before it knows whether it is cached.
+        p.event(
+            "ctx",
+            ProgressUpdate::TaskStart {
+                task: "transferring context".into(),
+                total: 0,
+            },
+        );
+        p.event(
+            "ctx",
+            ProgressUpdate::TaskFinish {
+                task: "transferring context".into(),
+                current: 7,
+                total: 7,
+                error: None,
+            },
+        );
+        p.step("ctx", StepEvent::Start);
+        p.step("ctx", StepEvent::Done);
+        p.step("run", StepEvent::Start);
+        p.step("run", StepEvent::Log("one".into()));
+        p.step("run", StepEvent::Log("two\x1b[2J".into()));
+        p.step("run", StepEvent::Cached);
+        let text = written(&buf);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "=> ctx", "{text}");
+        assert_eq!(lines[1], "   ctx: transferring context", "{text}");
+        assert!(
+            lines[2].starts_with("   ctx: transferring context: 7 done "),
+            "{text}"
+        );
+        assert!(lines[3].starts_with("=> ctx DONE "), "{text}");
+        assert_eq!(
+            &lines[4..],
+            [
+                "=> run",
+                "   run | one",
+                "   run | two\\e[2J",
+                "=> run CACHED"
+            ],
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_finish_without_counts_keeps_the_last_reported_ones() {
+        let buf = Buf::default();
+        let p = Progress::to_writer(true, Box::new(buf.clone()));
+        let task = "fetch https://host/repo.git".to_string();
+        p.event(
+            "src",
+            ProgressUpdate::TaskStart {
+                task: task.clone(),
+                total: 0,
+            },
+        );
+        p.event(
+            "src",
+            ProgressUpdate::TaskUpdate {
+                task: task.clone(),
+                current: 40,
+                total: 42,
+            },
+        );
+        p.event(
+            "src",
+            ProgressUpdate::TaskFinish {
+                task,
+                current: 0,
+                total: 0,
+                error: None,
+            },
+        );
+        let text = written(&buf);
+        let last: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+        assert_eq!(last["kind"], "finish", "{text}");
+        assert_eq!(last["unit"], "count", "{text}");
+        assert_eq!((&last["current"], &last["total"]), (&40.into(), &42.into()));
+    }
+
+    #[test]
+    fn the_summary_counts_steps_cached_failed_and_exports() {
+        let buf = Buf::default();
+        let p = Progress::to_writer(true, Box::new(buf.clone()));
+        p.plan(4);
+        p.step("a", StepEvent::Cached);
+        p.step("b", StepEvent::Start);
+        p.step("b", StepEvent::Done);
+        p.step("b", StepEvent::Done); // a shared vertex reported twice counts once
+        p.step("c", StepEvent::Error("boom".into()));
+        p.export("exporting to tar archive /x", StepEvent::Start);
+        p.export("exporting to tar archive /x", StepEvent::Done);
+        p.summary(Outcome::Failed);
+        p.warn("careful");
+        let text = written(&buf);
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let export = &lines[5];
+        assert_eq!(export["export"], "exporting to tar archive /x", "{text}");
+        assert!(export.get("step").is_none(), "{text}");
+        let summary = &lines[lines.len() - 2];
+        assert_eq!(summary["event"], "summary", "{text}");
+        assert_eq!(summary["status"], "failed");
+        assert_eq!(summary["steps"], 3);
+        assert_eq!(summary["cached"], 1);
+        assert_eq!(summary["failed"], 1);
+        assert_eq!(summary["exports"], 1);
+        assert_eq!(lines[lines.len() - 1]["event"], "warning");
+
+        let buf = Buf::default();
+        let p = Progress::to_writer(false, Box::new(buf.clone()));
+        p.plan(2);
+        p.step("a", StepEvent::Cached);
+        p.step("b", StepEvent::Cached);
+        p.summary(Outcome::Finished);
+        let text = written(&buf);
+        let last = text.lines().last().unwrap();
+        assert!(last.starts_with("[+] Building "), "{text}");
+        assert!(
+            last.ends_with("s (2/2) FINISHED: 2 steps (2 cached), 0 exports"),
+            "{text}"
+        );
     }
 
     #[test]
