@@ -161,6 +161,9 @@ impl Unit {
     }
 }
 
+/// The longest step description the live display shows (in characters).
+const DESC_CHARS: usize = 48;
+
 /// How many output lines of a running step the live display keeps under it.
 const LOG_TAIL: usize = 6;
 
@@ -347,7 +350,10 @@ impl Progress {
 
     /// Gives `step` a description for the live display (`local://context`, `RUN make`).
     pub fn describe(&self, step: &str, desc: &str) {
-        let desc = crate::text::one_line(desc);
+        let mut desc = crate::text::one_line(desc);
+        if desc.chars().count() > DESC_CHARS {
+            desc = desc.chars().take(DESC_CHARS - 1).collect::<String>() + "…";
+        }
         let mut st = self.lock();
         match st.steps.get_mut(step) {
             Some(s) => s.desc = desc,
@@ -735,12 +741,15 @@ fn tty_event(
         let status = match event {
             StepEvent::Cached => "CACHED".to_string(),
             StepEvent::Done => format!("DONE {}", secs(elapsed)),
-            StepEvent::Error(m) => {
-                format!("ERROR {}: {}", secs(elapsed), crate::text::escape(m))
-            }
+            // The first line: the whole message follows the display as the error.
+            StepEvent::Error(m) => format!(
+                "ERROR {}: {}",
+                secs(elapsed),
+                crate::text::escape(m.lines().next().unwrap_or_default())
+            ),
             _ => unreachable!("ends"),
         };
-        let mut lines = vec![format!("{} {status}", s.label(step))];
+        let mut lines = vec![format!("{:<56} {status}", s.label(step))];
         for t in &s.tasks {
             lines.push(format!(
                 "   => {}: {}",

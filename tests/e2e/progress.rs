@@ -494,3 +494,69 @@ fn json_events_carry_their_kind_unit_and_the_real_final_counts() {
         .unwrap_or_else(|| panic!("no summary:\n{}", run.stderr));
     assert_eq!(summary["status"], "failed", "{}", run.stderr);
 }
+
+/// A static busybox tree in `dir`: the base of a run step.
+fn busybox_tree(dir: &Path) {
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "run steps need root: run the test suite as root"
+    );
+    kiln_tests::require_program("runc", "runc");
+    kiln_tests::require_program("busybox", "busybox-static");
+    let out = std::process::Command::new("sh")
+        .args(["-c", "command -v busybox"])
+        .output()
+        .expect("sh");
+    let busybox = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    std::fs::create_dir_all(dir.join("bin")).unwrap();
+    std::fs::copy(&busybox, dir.join("bin/busybox")).unwrap();
+    for applet in ["sh", "echo", "seq", "sleep"] {
+        std::os::unix::fs::symlink("busybox", dir.join("bin").join(applet)).unwrap();
+    }
+}
+
+#[test]
+fn tty_keeps_the_last_lines_of_a_run_step_under_it() {
+    let env = Env::new();
+    busybox_tree(&env.path("base"));
+    let def = env.write(
+        "def.toml",
+        "version = 1\n[steps.base]\nsource = \"local://base\"\n[steps.test]\nbase = \"base\"\n\
+         run = \"for i in $(seq 1 12); do echo line $i; sleep 0.1; done; exit 3\"\n[output]\nstep = \"test\"\n",
+    );
+    let args: Vec<String> = [
+        "--progress",
+        "tty",
+        "build",
+        &def.display().to_string(),
+        "--local",
+        &format!("base={}", env.path("base").display()),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let (code, raw) = kiln_on_pty(&env, &args);
+    assert_eq!(code, 1, "{raw}");
+    let lines = screen_lines(&raw);
+    let text = lines.join("\n");
+    // The failed step stays on screen with the last six lines of its output.
+    let at = lines
+        .iter()
+        .position(|l| l.starts_with("#2 [test] RUN /bin/sh -c") && l.contains(" ERROR "))
+        .unwrap_or_else(|| panic!("no failed step line:\n{text}"));
+    let want: Vec<String> = (7..=12).map(|i| format!("   | line {i}")).collect();
+    assert_eq!(lines[at + 1..at + 7], want[..], "{text}");
+    assert!(
+        lines[at + 7].starts_with("[+] Building ") && lines[at + 7].contains("(2/2) FAILED"),
+        "{text}"
+    );
+    // Earlier lines were shown under it while it ran (the output comes slowly, so the
+    // display, drawn at most 20 times a second, shows some of them).
+    assert!(
+        lines[..at]
+            .iter()
+            .any(|l| (1..=6).any(|i| l.ends_with(&format!("| line {i}")))),
+        "{text}"
+    );
+}
