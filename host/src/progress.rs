@@ -598,12 +598,12 @@ impl Progress {
         };
         let steps = st.ended - st.exports;
         let line = format!(
-            "[+] Building {:.1}s {} {word}: {steps} steps ({} cached), {} {}",
+            "[+] Building {:.1}s {} {word}: {} ({} cached), {}",
             took.as_secs_f64(),
             counts(st.ended, st.planned),
+            plural(steps, "step"),
             st.cached,
-            st.exports,
-            if st.exports == 1 { "export" } else { "exports" }
+            plural(st.exports, "export"),
         );
         match &mut st.out {
             Out::Quiet => {}
@@ -859,6 +859,15 @@ fn finished_task(t: &Task) -> String {
             secs(took)
         ),
         _ => format!("{amount} {state} {}", secs(took)),
+    }
+}
+
+/// `1 step`, `2 steps`.
+fn plural(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("{n} {noun}")
+    } else {
+        format!("{n} {noun}s")
     }
 }
 
