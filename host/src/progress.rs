@@ -729,14 +729,10 @@ fn tty_event(
     elapsed: Duration,
     first_end: bool,
 ) {
-    let ends = matches!(
-        event,
-        StepEvent::Cached | StepEvent::Done | StepEvent::Error(_)
-    );
-    if ends {
-        if !first_end {
-            return; // already ended and printed
-        }
+    if s.ended && !first_end {
+        return; // already ended and printed: a late event draws nothing
+    }
+    if first_end {
         s.header_shown = true;
         let status = match event {
             StepEvent::Cached => "CACHED".to_string(),
