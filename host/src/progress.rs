@@ -498,11 +498,11 @@ impl Progress {
         match &mut st.out {
             Out::Quiet => {}
             Out::Json(w) => {
-                let mut obj = serde_json::json!({
-                    "event": event.name(),
-                    "time": rfc3339(SystemTime::now()),
-                });
+                // Keys in this order (DESIGN §4): the step (or export), event, time.
+                let mut obj = serde_json::Value::Object(Default::default());
                 obj[if export { "export" } else { "step" }] = step.into();
+                obj["event"] = event.name().into();
+                obj["time"] = rfc3339(SystemTime::now()).into();
                 match &event {
                     StepEvent::Progress {
                         task,
