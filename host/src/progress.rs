@@ -1,9 +1,16 @@
 //! Build progress (DESIGN §4): a live per-step display on a terminal (indicatif), plain
 //! lines otherwise, JSON lines with `--progress json`, or nothing.
 //!
-//! The solver reports step events through [`Progress::step`]; plugins' task events
-//! arrive through the [`ProgressSink`] implementation and become `progress` events of
-//! the step they belong to.
+//! The solver reports step events through [`Progress::step`] (after [`Progress::plan`]
+//! and [`Progress::describe`]), each export through [`Progress::export`], and ends with
+//! [`Progress::summary`], an optional [`Progress::warn`] and [`Progress::finish`].
+//! Plugins' task events arrive through the [`ProgressSink`] implementation and become
+//! `progress` events of the step they belong to; [`Unit`] says how their numbers are
+//! shown.
+//!
+//! The live display works like buildx's: running steps (`#N [name] description`,
+//! elapsed time) with their task bars and the last lines of their output stay at the
+//! bottom under a `[+] Building` header; a finished step is printed above it for good.
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{IsTerminal, Write};
