@@ -32,7 +32,7 @@ use crate::contenthash::ContentHasher;
 use crate::definition::{Definition, DefinitionError, Step};
 use crate::export::{ExportOptions, OutputSpec};
 use crate::job::Job;
-use crate::progress::{Progress, ProgressMode, StepEvent};
+use crate::progress::{Outcome, Progress, ProgressMode, StepEvent};
 
 /// What `kiln build` asks for (DESIGN §4).
 #[derive(Debug, Default)]
@@ -188,6 +188,13 @@ pub(crate) async fn build_with(
             }
         })?;
 
+    progress.plan(graph.steps.len() + opts.outputs.len());
+    for (name, _) in &graph.steps {
+        if let Some(step) = def.steps.get(name) {
+            progress.describe(name, &crate::progress::describe_step(step));
+        }
+    }
+
     let ectx = Arc::new(exec::Ctx {
         store: store.clone(),
         sources: sources.clone(),
@@ -253,6 +260,7 @@ pub(crate) async fn build_with(
         });
     }
     if let Some(f) = failure {
+        progress.summary(Outcome::Failed);
         progress.finish();
         return Err(f);
     }
@@ -282,7 +290,23 @@ pub(crate) async fn build_with(
         })
         .collect();
 
-    let exported = export_all(&opts, &def, &results, &store, &job).await?;
+    let exported = match export_all(&opts, &def, &results, &store, &job, &progress).await {
+        Ok(e) => e,
+        Err(e) => {
+            progress.summary(Outcome::Failed);
+            progress.finish();
+            return Err(e);
+        }
+    };
+    progress.summary(Outcome::Finished);
+    if opts.outputs.is_empty() {
+        // buildx says the same when a build has nowhere to go.
+        progress.warn(&format!(
+            "no --output given: the result of step `{}` stays only in the build cache \
+             (add --output type=local,dest=DIR to get it)",
+            def.output
+        ));
+    }
     progress.finish();
 
     let summary = BuildSummary {
@@ -378,6 +402,7 @@ async fn export_all(
     results: &BTreeMap<String, Arc<graph::NodeResult>>,
     store: &Arc<crate::store::Store>,
     job: &Arc<Job>,
+    progress: &Arc<Progress>,
 ) -> Result<Vec<Option<String>>, BuildError> {
     if opts.outputs.is_empty() {
         return Ok(vec![]);
@@ -387,6 +412,7 @@ async fn export_all(
     let platform = opts.platform.clone();
     let cancel = job.cancel.clone();
     let (store, def, results) = (store.clone(), def.clone(), results.clone());
+    let progress = progress.clone();
     tokio::task::spawn_blocking(move || {
         // The image the output derives from: its config and layers carry over.
         let base = base::base_image(&store, &def, &results, &def.output)
@@ -399,8 +425,18 @@ async fn export_all(
         specs
             .iter()
             .map(|s| {
-                crate::export::export(&out.path, s, &eo)
-                    .map(|e| e.digest)
+                // Each output is a step of the display: `exporting to …`.
+                let what = crate::progress::export_label(s);
+                progress.export(&what, StepEvent::Start);
+                let r = crate::export::export(&out.path, s, &eo);
+                progress.export(
+                    &what,
+                    match &r {
+                        Ok(_) => StepEvent::Done,
+                        Err(e) => StepEvent::Error(e.to_string()),
+                    },
+                );
+                r.map(|e| e.digest)
                     .map_err(|e| BuildError::Failed(e.to_string()))
             })
             .collect()
