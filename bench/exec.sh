@@ -12,7 +12,9 @@ runs="${RUNS:-5}"
 for p in runc umoci buildah busybox; do
   command -v "$p" >/dev/null || { echo "bench/exec.sh needs $p (apt-get install ${p/busybox/busybox-static})" >&2; exit 1; }
 done
-work=$(mktemp -d "${TMPDIR:-/var/tmp}/kiln-bench-exec.XXXXXX")
+# buildah names an oci: base after its path, which must be lowercase.
+work="${TMPDIR:-/var/tmp}/kiln-bench-exec.$$"
+rm -rf "$work"; mkdir -p "$work"
 trap 'rm -rf "$work"' EXIT
 
 # The base image: busybox and its applets.

@@ -692,8 +692,8 @@ impl Progress {
 
 /// A step's description for the live display: the source identifier, the actions,
 /// the layers, or the command (`RUN sh -c make`).
-pub fn describe_step(step: &crate::build::Step) -> String {
-    use crate::build::Step;
+pub fn describe_step(step: &crate::definition::Step) -> String {
+    use crate::definition::Step;
     match step {
         Step::Source(s) => s.identifier.clone(),
         Step::File(f) => {
