@@ -61,6 +61,17 @@ struct RawConfig {
     disabled_plugins: Vec<String>,
     #[serde(default)]
     plugins: BTreeMap<String, RawPlugin>,
+    #[serde(default)]
+    worker: WorkerConfig,
+}
+
+/// The `[worker]` table: how run steps are executed.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerConfig {
+    /// The OCI runtime: a name looked up on `PATH` or a path (default: the first of
+    /// `runc`, `crun` on `PATH`).
+    pub runtime: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -102,6 +113,8 @@ pub struct Config {
     pub plugins: Vec<PluginConfig>,
     /// The text it was parsed from (to point a plugin's config error at its line).
     pub text: String,
+    /// The `[worker]` table.
+    pub worker: WorkerConfig,
 }
 
 impl Config {
@@ -216,6 +229,7 @@ impl Config {
             plugin_dirs,
             plugins,
             text: text.to_string(),
+            worker: raw.worker,
         })
     }
 

@@ -374,3 +374,50 @@ fn a_killed_kiln_leaves_nothing_the_next_run_does_not_reap() {
         .collect();
     assert!(left.is_empty(), "bundles left: {left:?}");
 }
+
+#[test]
+fn the_runtime_comes_from_the_worker_table_of_the_config() {
+    let env = project("[steps.r]\nbase = \"base\"\nrun = \"true\"\n", "r");
+    let default = env.kiln(["config", "default"]);
+    default.success();
+    let config = env.write(
+        "kiln.toml",
+        format!(
+            "{}\n[worker]\nruntime = \"kiln-no-such-runtime\"\n",
+            default.stdout
+        ),
+    );
+    let mut args: Vec<String> = vec!["--config".into(), config.display().to_string()];
+    args.extend(
+        [
+            "--progress",
+            "plain",
+            "build",
+            env.path("def.toml").to_str().unwrap(),
+            "--local",
+        ]
+        .map(String::from),
+    );
+    args.push(format!("base={}", env.path("base").display()));
+    let r = env.kiln(&args);
+    r.expect_code(1);
+    assert!(
+        r.stderr
+            .contains("no OCI runtime found (looked for kiln-no-such-runtime)"),
+        "{}",
+        r.stderr
+    );
+    // An unknown key of the table is a configuration error.
+    env.write(
+        "bad.toml",
+        format!("{}\n[worker]\nruntim = \"runc\"\n", default.stdout),
+    );
+    let r = env.kiln([
+        "--config",
+        env.path("bad.toml").to_str().unwrap(),
+        "config",
+        "check",
+    ]);
+    r.expect_code(2);
+    assert!(r.stderr.contains("runtim"), "{}", r.stderr);
+}

@@ -62,6 +62,7 @@ pub fn run(g: &Globals, a: BuildArgs) -> Result<(), CliError> {
         metadata_file: a.metadata_file,
         platform: a.platform,
         progress: g.progress,
+        runtime: None,
     };
     let app = g.app(LoadOptions::default())?;
     runtime()?

@@ -106,7 +106,8 @@ fn failures(statuses: &[PluginStatus]) -> Result<(), CliError> {
         failed.len(),
         if failed.len() == 1 { "" } else { "s" },
         failed.join(", ")
-    )))
+    ))
+    .answered())
 }
 
 fn show(g: &Globals, id: &str, json: bool) -> Result<(), CliError> {

@@ -95,7 +95,14 @@ impl HostServices for Services {
     }
 
     fn state_dir(&self) -> RString {
-        // Computed without opening the store: plugins ask for it at start-up.
+        // Computed without opening the store: plugins ask for it at start-up. A root
+        // that does not exist yet is not created for it (read-only commands such as
+        // `cache du` must create nothing); the plugin creates its folder when it
+        // first writes there.
+        if !self.host.root.exists() {
+            let d = self.host.root.join("plugins").join(&self.plugin_id);
+            return d.to_string_lossy().into_owned().into();
+        }
         match Store::plugin_state_dir_in(&self.host.root, &self.plugin_id) {
             Ok(d) => d.to_string_lossy().into_owned().into(),
             Err(e) => {

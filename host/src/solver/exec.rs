@@ -35,6 +35,8 @@ pub(crate) struct Ctx {
     pub progress: Arc<Progress>,
     pub hasher: Arc<ContentHasher>,
     pub no_cache: bool,
+    /// `[worker] runtime`: the OCI runtime of run steps (default: runc, else crun).
+    pub runtime: Option<String>,
     /// Vertices executed (not loaded from the cache) by this build.
     pub executed: AtomicUsize,
 }
@@ -518,11 +520,13 @@ async fn operation(
             let names = def.inputs.clone();
             let (job, root) = (ctx.job.clone(), ctx.store.root().to_path_buf());
             let (progress, name) = (ctx.progress.clone(), step.to_string());
+            let runtime = ctx.runtime.clone();
             let image_config = base_image_config(node, &ctx.store).await?;
             blocking(move || {
                 let has_base = run.base.is_some();
                 let lookup = |n: &str| names.iter().position(|x| x == n).map(|i| paths[i].clone());
                 let inputs = super::run_step::RunInputs {
+                    runtime: runtime.as_deref(),
                     base: has_base.then(|| paths[0].as_path()),
                     trees: &lookup,
                     image_config: image_config.as_ref(),

@@ -57,6 +57,8 @@ pub struct BuildOptions {
     pub platform: Option<String>,
     /// `--progress`.
     pub progress: ProgressMode,
+    /// `[worker] runtime` of `kiln.toml`: the OCI runtime of run steps.
+    pub runtime: Option<String>,
 }
 
 /// One source of the build, as `--metadata-file` records it.
@@ -132,6 +134,10 @@ impl BuildError {
 pub async fn run_build(ctx: &AppContext, opts: BuildOptions) -> Result<BuildSummary, BuildError> {
     let def = Definition::load(&opts.file)?;
     let store = ctx.store().map_err(BuildError::Failed)?;
+    let mut opts = opts;
+    if opts.runtime.is_none() {
+        opts.runtime = ctx.config.worker.runtime.clone();
+    }
     build_with(def, store, ctx.sources.clone(), &ctx.root, opts).await
 }
 
@@ -157,7 +163,9 @@ pub(crate) async fn build_with(
     if def.steps.values().any(|s| matches!(s, Step::Run(_))) {
         // Containers, mounts and bundles a killed kiln left behind go first.
         let root = root.to_path_buf();
-        let _ = tokio::task::spawn_blocking(move || run_step::reap(&root)).await;
+        let runtime = opts.runtime.clone();
+        let _ =
+            tokio::task::spawn_blocking(move || run_step::reap(&root, runtime.as_deref())).await;
     }
     // Every named lookup separates shared vertices: an `oci-layout://NAME:TAG` resolves
     // differently in another layout directory.
@@ -181,6 +189,7 @@ pub(crate) async fn build_with(
         progress: progress.clone(),
         hasher: hasher_for(root),
         no_cache: opts.no_cache,
+        runtime: opts.runtime.clone(),
         executed: AtomicUsize::new(0),
     });
 

@@ -1,9 +1,10 @@
 //! Executing a `run` step: the image defaults, the mounts, the container
 //! ([`crate::exec`]), and the result tree (base + the run's changes + actions).
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
 use serde_json::Value;
 
@@ -19,6 +20,8 @@ pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bi
 
 /// What a run step needs besides its definition.
 pub(crate) struct RunInputs<'a> {
+    /// `[worker] runtime`, if configured.
+    pub runtime: Option<&'a str>,
     /// The base tree (`None`: scratch).
     pub base: Option<&'a Path>,
     /// The input step trees by step name (bind mounts, copies).
@@ -32,20 +35,27 @@ pub(crate) struct RunInputs<'a> {
     pub job: &'a Job,
 }
 
-/// The runtime, found once per process.
-fn runtime() -> Result<Runtime, String> {
-    static FOUND: OnceLock<Result<Runtime, String>> = OnceLock::new();
-    FOUND
-        .get_or_init(|| Runtime::find(None).map_err(|e| e.to_string()))
+/// The runtime (`configured`, else the first known one on PATH), looked up once per
+/// process and setting.
+fn runtime(configured: Option<&str>) -> Result<Runtime, String> {
+    type Found = Mutex<HashMap<Option<String>, Result<Runtime, String>>>;
+    static FOUND: OnceLock<Found> = OnceLock::new();
+    let mut found = FOUND
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    found
+        .entry(configured.map(str::to_string))
+        .or_insert_with(|| Runtime::find(configured).map_err(|e| e.to_string()))
         .clone()
 }
 
 /// Deletes what a killed kiln left of its runs under `root` (containers, mounts,
 /// bundles). Cheap when there is nothing.
-pub fn reap(root: &Path) {
+pub fn reap(root: &Path, configured: Option<&str>) {
     let dir = root.join("exec");
     if dir.exists() {
-        exec::reap_stale(&dir, runtime().ok().as_ref());
+        exec::reap_stale(&dir, runtime(configured).ok().as_ref());
     }
 }
 
@@ -100,7 +110,7 @@ pub(crate) fn execute(
     out: &dyn exec::OutputSink,
 ) -> Result<(), String> {
     let ctx = ExecContext {
-        runtime: runtime()?,
+        runtime: runtime(inputs.runtime)?,
         dir: inputs.root.join("exec"),
     };
     let workdir = step

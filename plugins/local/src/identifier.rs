@@ -81,6 +81,11 @@ pub fn attributes() -> Vec<AttrSpec> {
         ),
         AttrSpec::new(ATTR_DIFFER, String, "metadata (default) or none"),
         AttrSpec::new(
+            ATTR_IGNORE_FILE,
+            String,
+            "ignore file (.dockerignore syntax) in the context; default .dockerignore, \"\" for none",
+        ),
+        AttrSpec::new(
             ATTR_METADATA_TRANSFER,
             String,
             "metadata-only transfer: only false is supported",
