@@ -215,12 +215,17 @@ impl Store {
 
     /// [`Store::plugin_state_dir`] for the root `root`, without opening the store (the
     /// plugin host hands state directories out at start-up, when no store is needed).
+    /// In a root without a database yet, the folder is not created.
     pub fn plugin_state_dir_in(root: &Path, id: &str) -> Result<PathBuf, StoreError> {
         check_plain_name("plugin id", id)?;
         let p = root.join("plugins").join(id);
-        // The root as named (it may sit behind a link), then nothing through a planted
+        // A root that was never set up stays untouched (read-only commands such as
+        // `plugins list` create nothing; a plugin makes the folder when it first
+        // writes). In a set-up root, the folder is made without following a planted
         // link (`plugins` → elsewhere).
-        fs::create_dir_all(root).ctx("create store root", root)?;
+        if !root.join("kiln.db").exists() {
+            return Ok(p);
+        }
         beneath::create_dirs(root, &format!("plugins/{id}"))
             .ctx("create plugin state directory", &p)?;
         Ok(p)
