@@ -100,6 +100,8 @@ pub struct Config {
     pub plugin_dirs: Vec<PathBuf>,
     /// Plugins sorted by id.
     pub plugins: Vec<PluginConfig>,
+    /// The text it was parsed from (to point a plugin's config error at its line).
+    pub text: String,
 }
 
 impl Config {
@@ -124,12 +126,15 @@ impl Config {
             let at = e
                 .span()
                 .map(|s| {
-                    let (line, col) = line_col(text, s.start);
+                    let (line, col) = crate::text::line_col(text, s.start);
                     format!(" at line {line}, column {col}")
                 })
                 .unwrap_or_default();
             let msg = e.message().trim_end().replace('\n', "; ");
-            ConfigError::new(format!("{source}{at}: {msg}"))
+            ConfigError::new(format!(
+                "{source}{at}: {}",
+                crate::text::shorten_words(&msg)
+            ))
         })?;
         if raw.version != SCHEMA_VERSION {
             return Err(ConfigError::new(format!(
@@ -210,13 +215,15 @@ impl Config {
             root: raw.root,
             plugin_dirs,
             plugins,
+            text: text.to_string(),
         })
     }
 
     /// Reads and parses a configuration file.
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ConfigError::new(format!("cannot read {}: {e}", path.display())))?;
+        let text =
+            crate::text::read_capped(path, crate::text::MAX_CONFIG_BYTES, "configuration file")
+                .map_err(|e| ConfigError::new(format!("cannot read {}: {e}", path.display())))?;
         let base = path
             .parent()
             .map(|p| {
@@ -301,7 +308,7 @@ fn resolve_plugin_path(path: &Path, base_dir: &Path, plugin_dirs: &[PathBuf]) ->
 }
 
 /// 1-based line and column of byte `offset` in `text`.
-fn line_col(text: &str, offset: usize) -> (usize, usize) {
+pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;
     let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;

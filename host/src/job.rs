@@ -29,6 +29,10 @@ pub enum ProgressUpdate {
     TaskFinish {
         /// The task's name.
         task: String,
+        /// Units done, as the plugin reported them.
+        current: u64,
+        /// Units in all, as the plugin reported them (0: unknown).
+        total: u64,
         /// Set when the task failed.
         error: Option<String>,
     },
@@ -53,7 +57,9 @@ pub struct Job {
     pub id: String,
     /// Secrets by id (`--secret id=ID,…`). Never logged.
     pub secrets: HashMap<String, Vec<u8>>,
-    /// Local directories by name (`--local NAME=DIR`).
+    /// Directories and sockets plugins look up by name: `--local NAME=DIR` under NAME,
+    /// `--oci-layout NAME=DIR` under `oci-layout:NAME` and `--ssh ID=SOCKET` under
+    /// `ssh:ID` (see [`Job::with_oci_layouts`], [`Job::with_ssh`]).
     pub locals: HashMap<String, PathBuf>,
     /// Set to ask running calls to stop.
     pub cancel: Arc<AtomicBool>,
@@ -64,11 +70,14 @@ pub struct Job {
 impl Job {
     /// A job with a fresh random id and no progress display.
     pub fn new(secrets: HashMap<String, Vec<u8>>, locals: HashMap<String, PathBuf>) -> Self {
+        let cancel = Arc::new(AtomicBool::new(false));
+        // SIGINT/SIGTERM cancel every job (crate::signals).
+        crate::signals::watch(&cancel);
         Self {
             id: new_job_id(),
             secrets,
             locals,
-            cancel: Arc::new(AtomicBool::new(false)),
+            cancel,
             progress: Arc::new(NoProgress),
         }
     }
@@ -76,6 +85,26 @@ impl Job {
     /// Replaces the progress sink.
     pub fn with_progress(mut self, progress: Arc<dyn ProgressSink>) -> Self {
         self.progress = progress;
+        self
+    }
+
+    /// Adds `--oci-layout NAME=DIR` mappings, answered to plugins as the named
+    /// directory `oci-layout:NAME` (the SDK's `Job::oci_layout_dir`).
+    pub fn with_oci_layouts(mut self, layouts: HashMap<String, PathBuf>) -> Self {
+        for (name, dir) in layouts {
+            self.locals
+                .insert(format!("{}{name}", kiln_plugin_api::OCI_LAYOUT_PREFIX), dir);
+        }
+        self
+    }
+
+    /// Adds `--ssh ID=SOCKET` mappings, answered to plugins as the named directory
+    /// `ssh:ID` (the SDK's `Job::ssh_socket`).
+    pub fn with_ssh(mut self, sockets: HashMap<String, PathBuf>) -> Self {
+        for (id, socket) in sockets {
+            self.locals
+                .insert(format!("{}{id}", kiln_plugin_api::SSH_PREFIX), socket);
+        }
         self
     }
 

@@ -55,19 +55,44 @@ pub enum StepEvent {
     Start,
     /// The step's result came from the cache.
     Cached,
-    /// A task inside the step moved on.
+    /// A task inside the step started, moved on or finished.
     Progress {
         /// The task (a download, a checkout).
         task: String,
+        /// What happened to the task: started, moved on, or finished.
+        kind: TaskKind,
         /// Units done.
         current: u64,
         /// Units in all (0: unknown).
         total: u64,
     },
+    /// A line of a run step's output.
+    Log(String),
     /// The step finished.
     Done,
     /// The step failed.
     Error(String),
+}
+
+/// What a [`StepEvent::Progress`] says about its task.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TaskKind {
+    /// The task started.
+    Start,
+    /// The task moved on.
+    Update,
+    /// The task finished (see the event's counts; a failure is in its task text).
+    Finish,
+}
+
+impl TaskKind {
+    fn name(self) -> &'static str {
+        match self {
+            TaskKind::Start => "start",
+            TaskKind::Update => "update",
+            TaskKind::Finish => "finish",
+        }
+    }
 }
 
 impl StepEvent {
@@ -76,6 +101,7 @@ impl StepEvent {
             StepEvent::Start => "start",
             StepEvent::Cached => "cached",
             StepEvent::Progress { .. } => "progress",
+            StepEvent::Log(_) => "log",
             StepEvent::Done => "done",
             StepEvent::Error(_) => "error",
         }
@@ -147,6 +173,25 @@ impl Progress {
 
     /// Reports `event` for `step` (a step name or a source identifier).
     pub fn step(&self, step: &str, event: StepEvent) {
+        // Step names, identifiers, task names and messages come from input and from
+        // the network: every mode shows them shortened, and the text modes escaped
+        // (JSON escapes control characters itself).
+        let shown_step = crate::text::one_line(step);
+        let event = match event {
+            StepEvent::Progress {
+                task,
+                kind,
+                current,
+                total,
+            } => StepEvent::Progress {
+                task: crate::text::shorten_words(&task).into_owned(),
+                kind,
+                current,
+                total,
+            },
+            StepEvent::Error(m) => StepEvent::Error(crate::text::shorten_words(&m).into_owned()),
+            e => e,
+        };
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let elapsed = match &event {
             StepEvent::Start => {
@@ -156,7 +201,7 @@ impl Progress {
             StepEvent::Done | StepEvent::Error(_) | StepEvent::Cached => {
                 st.started.remove(step).map(|t| t.elapsed())
             }
-            StepEvent::Progress { .. } => None,
+            StepEvent::Progress { .. } | StepEvent::Log(_) => None,
         };
         match &mut st.out {
             Out::Quiet => {}
@@ -169,38 +214,47 @@ impl Progress {
                 match &event {
                     StepEvent::Progress {
                         task,
+                        kind,
                         current,
                         total,
                     } => {
                         obj["task"] = task.as_str().into();
+                        obj["kind"] = kind.name().into();
                         obj["current"] = (*current).into();
                         obj["total"] = (*total).into();
                     }
-                    StepEvent::Error(m) => obj["message"] = m.as_str().into(),
+                    StepEvent::Error(m) | StepEvent::Log(m) => obj["message"] = m.as_str().into(),
                     _ => {}
                 }
                 let _ = writeln!(w, "{obj}");
                 let _ = w.flush();
             }
             Out::Lines { json: false, w } => {
+                let step = &shown_step;
                 let line = match &event {
                     StepEvent::Start => format!("=> {step}"),
                     StepEvent::Cached => format!("=> {step} CACHED"),
                     StepEvent::Done => format!("=> {step} DONE {}", secs(elapsed)),
-                    StepEvent::Error(m) => format!("=> {step} ERROR {}: {m}", secs(elapsed)),
+                    StepEvent::Error(m) => format!(
+                        "=> {step} ERROR {}: {}",
+                        secs(elapsed),
+                        crate::text::escape(m)
+                    ),
+                    StepEvent::Log(m) => format!("   {step} | {}", crate::text::escape(m)),
                     StepEvent::Progress {
                         task,
+                        kind,
                         current,
                         total,
                     } => {
                         // Plain output shows a task's start and end, not every update.
-                        if *current != 0 && *current != *total {
+                        if *kind == TaskKind::Update {
                             return;
                         }
                         if *total > 0 {
-                            format!("   {step}: {task} {current}/{total}")
+                            format!("   {step}: {} {current}/{total}", crate::text::escape(task))
                         } else {
-                            format!("   {step}: {task}")
+                            format!("   {step}: {}", crate::text::escape(task))
                         }
                     }
                 };
@@ -216,7 +270,7 @@ impl Progress {
                             ProgressStyle::with_template("{spinner} {prefix:.bold} {wide_msg}")
                                 .unwrap_or_else(|_| ProgressStyle::default_spinner()),
                         );
-                        b.set_prefix(step.to_string());
+                        b.set_prefix(shown_step.clone());
                         b.enable_steady_tick(Duration::from_millis(120));
                         b
                     })
@@ -225,15 +279,25 @@ impl Progress {
                     StepEvent::Start => bar.set_message("running"),
                     StepEvent::Cached => bar.finish_with_message("CACHED"),
                     StepEvent::Done => bar.finish_with_message(format!("DONE {}", secs(elapsed))),
-                    StepEvent::Error(m) => bar.abandon_with_message(format!("ERROR: {m}")),
+                    StepEvent::Error(m) => {
+                        bar.abandon_with_message(format!("ERROR: {}", crate::text::escape(m)))
+                    }
+                    // The running step shows its latest output line.
+                    StepEvent::Log(m) => bar.set_message(format!("| {}", crate::text::escape(m))),
                     StepEvent::Progress {
                         task,
                         current,
                         total,
+                        ..
                     } => bar.set_message(if *total > 0 {
-                        format!("{task} {}/{}", human(*current), human(*total))
+                        format!(
+                            "{} {}/{}",
+                            crate::text::escape(task),
+                            human(*current),
+                            human(*total)
+                        )
                     } else {
-                        format!("{task} {}", human(*current))
+                        format!("{} {}", crate::text::escape(task), human(*current))
                     }),
                 }
             }
@@ -258,6 +322,7 @@ impl ProgressSink for Progress {
         let ev = match event {
             ProgressUpdate::TaskStart { task, total } => StepEvent::Progress {
                 task,
+                kind: TaskKind::Start,
                 current: 0,
                 total,
             },
@@ -267,16 +332,24 @@ impl ProgressSink for Progress {
                 total,
             } => StepEvent::Progress {
                 task,
+                kind: TaskKind::Update,
                 current,
                 total,
             },
-            ProgressUpdate::TaskFinish { task, error } => StepEvent::Progress {
+            // The counts the plugin sent, not a made-up 1/1.
+            ProgressUpdate::TaskFinish {
+                task,
+                current,
+                total,
+                error,
+            } => StepEvent::Progress {
                 task: match error {
                     Some(e) => format!("{task} failed: {e}"),
                     None => task,
                 },
-                current: 1,
-                total: 1,
+                kind: TaskKind::Finish,
+                current,
+                total,
             },
         };
         self.step(step, ev);
@@ -370,6 +443,7 @@ mod tests {
         let events: Vec<&str> = lines.iter().map(|l| l["event"].as_str().unwrap()).collect();
         assert_eq!(events, ["start", "progress", "done", "cached", "error"]);
         assert_eq!(lines[1]["current"], 5);
+        assert_eq!(lines[1]["kind"], "update");
         assert_eq!(lines[1]["total"], 10);
         assert_eq!(lines[4]["message"], "boom");
         assert_eq!(lines[3]["step"], "ctx");

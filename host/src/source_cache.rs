@@ -8,6 +8,7 @@
 use std::sync::Arc;
 
 use kiln_plugin_api::ErrorCode;
+use sha2::{Digest, Sha256};
 
 use crate::job::Job;
 use crate::source_manager::{CacheMap, SourceError, SourceOp};
@@ -28,18 +29,37 @@ pub struct SourceSnapshot {
 }
 
 fn store_error(op: &SourceOp, e: impl std::fmt::Display) -> SourceError {
-    SourceError {
-        code: ErrorCode::INTERNAL,
-        message: format!("source {}: store: {e}", op.identifier().canonical),
+    SourceError::new(
+        ErrorCode::INTERNAL,
+        format!("source {}: store: {e}", op.identifier().canonical),
+    )
+}
+
+/// The digest under which the cache index files a source result: BuildKit's source
+/// digest (`sha256("buildkit.source.v0:" + key)`) mixed with the id of the plugin that
+/// answered the key, `sha256("kiln.source.index.v1\0" + plugin_id + "\0" + digest)`.
+///
+/// The BuildKit digest itself stays what `source resolve` shows; only the index is
+/// scoped, so a plugin that answers another plugin's key string (by accident or on
+/// purpose) cannot be served, or serve, the other plugin's content. A `random:`
+/// (session) digest keeps its prefix and is never looked up.
+pub fn index_digest(plugin_id: &str, digest: &str) -> String {
+    let hex = hex::encode(Sha256::digest(
+        format!("kiln.source.index.v1\0{plugin_id}\0{digest}").as_bytes(),
+    ));
+    if digest.starts_with("random:") {
+        format!("random:{hex}")
+    } else {
+        format!("sha256:{hex}")
     }
 }
 
-/// The root keys (output 0) of the cacheable digests of `maps`; `random:` digests
-/// (session-scoped sources) are never looked up or saved.
+/// The root keys (output 0) of the cacheable index digests of `maps`; `random:`
+/// digests (session-scoped sources) are never looked up or saved.
 pub fn cacheable_root_keys(maps: &[CacheMap]) -> Vec<String> {
     maps.iter()
-        .filter(|m| m.digest.starts_with("sha256:"))
-        .map(|m| root_key(&m.digest, 0))
+        .filter(|m| m.index_digest.starts_with("sha256:"))
+        .map(|m| root_key(&m.index_digest, 0))
         .collect()
 }
 
@@ -71,10 +91,10 @@ pub async fn snapshot_source(
     // The strongest key is the lock, as in the solver's source steps, so that a fetch
     // and a build of one source in two processes produce it once.
     let Some(lock_name) = keys.last().cloned() else {
-        return Err(SourceError {
-            code: ErrorCode::INTERNAL,
-            message: format!("source {}: no cacheable key", op.identifier().canonical),
-        });
+        return Err(SourceError::new(
+            ErrorCode::INTERNAL,
+            format!("source {}: no cacheable key", op.identifier().canonical),
+        ));
     };
     let (s, k, cancel) = (store.clone(), keys.clone(), job.cancel.clone());
     let found = tokio::task::spawn_blocking(move || -> Result<_, crate::store::StoreError> {
@@ -139,4 +159,25 @@ pub async fn snapshot_source(
         .map_err(|e| store_error(op, e))?
         .map_err(|e| store_error(op, e))?;
     Ok(SourceSnapshot { id, cached: false })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn index_digests_are_scoped_by_plugin() {
+        let d = crate::source_manager::source_key_digest("testsrc:a");
+        let a = index_digest("io.example.a", &d);
+        let b = index_digest("io.example.b", &d);
+        assert_ne!(a, b);
+        assert_ne!(a, d);
+        assert!(a.starts_with("sha256:") && a.len() == 71, "{a}");
+        let want = hex::encode(Sha256::digest(
+            format!("kiln.source.index.v1\0io.example.a\0{d}").as_bytes(),
+        ));
+        assert_eq!(a, format!("sha256:{want}"));
+        let r = crate::source_manager::source_key_digest("session:x");
+        assert!(index_digest("io.example.a", &r).starts_with("random:"));
+    }
 }

@@ -30,14 +30,23 @@ pub struct SourceError {
     pub code: ErrorCode,
     /// One readable paragraph.
     pub message: String,
+    /// The id of the plugin that failed, when a plugin did.
+    pub plugin: Option<String>,
 }
 
 impl SourceError {
-    fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+    /// An error with no plugin named.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         Self {
             code,
             message: message.into(),
+            plugin: None,
         }
+    }
+
+    fn plugin(mut self, id: &str) -> Self {
+        self.plugin = Some(id.to_string());
+        self
     }
 
     /// Whether this is the user's mistake (bad identifier, unknown scheme, bad
@@ -77,7 +86,8 @@ impl Plugin {
             return Err(SourceError::new(
                 ErrorCode::PANICKED,
                 format!("plugin {id} is poisoned: it panicked earlier in this process and is no longer called"),
-            ));
+            )
+            .plugin(id));
         }
         let permit = self
             .permits
@@ -107,10 +117,7 @@ impl Plugin {
                 if code == ErrorCode::PANICKED {
                     self.loaded.poison();
                 }
-                Err(SourceError::new(
-                    code,
-                    format!("plugin {id}: {}", e.message),
-                ))
+                Err(SourceError::new(code, format!("plugin {id}: {}", e.message)).plugin(id))
             }
         }
     }
@@ -159,8 +166,13 @@ pub struct CacheMap {
     pub index: u32,
     /// The plugin's key string.
     pub key: String,
-    /// `sha256:<hex>` or `random:<hex>` (see [`source_key_digest`]).
+    /// `sha256:<hex>` or `random:<hex>` (see [`source_key_digest`]): BuildKit's digest,
+    /// what `source resolve` shows.
     pub digest: String,
+    /// The digest the host's cache index files this key under: `digest` mixed with the
+    /// plugin's id ([`crate::source_cache::index_digest`]), so that two plugins
+    /// answering the same key string never share an entry.
+    pub index_digest: String,
     /// The pin the plugin returned with this key.
     pub pin: String,
     /// `false`: a stronger key exists at `index + 1`.
@@ -286,6 +298,13 @@ impl SourceManager {
             attrs: attrs.clone(),
             platform: platform.map(str::to_string),
         };
+        plugin
+            .loaded
+            .schema
+            .check(&plugin.loaded.id, &request)
+            .map_err(|m| {
+                SourceError::new(ErrorCode::INVALID_IDENTIFIER, m).plugin(&plugin.loaded.id)
+            })?;
         let abi = request.to_abi();
         let canonical = plugin
             .call("identifier", move |p| p.source.identifier(&abi))
@@ -352,9 +371,11 @@ impl SourceOp {
             }
         }
         let key = r.key.into_string();
+        let digest = source_key_digest(&key);
         Ok(CacheMap {
             index,
-            digest: source_key_digest(&key),
+            index_digest: crate::source_cache::index_digest(self.id.plugin_id(), &digest),
+            digest,
             key,
             pin,
             done: r.done,

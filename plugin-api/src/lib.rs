@@ -99,6 +99,20 @@
 //! - Secrets ([`Job::secret`]) and URL credentials must never appear in keys, pins,
 //!   errors or log records.
 //!
+//! ## Keys, attributes, configuration, tests
+//!
+//! - What a key must and must not contain, what a pin is and what `opts` hold:
+//!   [`CacheKey`]. The host mixes the plugin's id into its cache index, so keys of
+//!   different plugins never collide.
+//! - Typed attribute readers ([`Request::attr_u64`], [`Request::attr_bool`],
+//!   [`Request::attr_octal`], [`Request::attr_list`], [`Request::deny_unknown`]) and the
+//!   optional schema ([`Plugin::attributes`], [`attrs`]) the host checks before calling
+//!   the plugin.
+//! - [`parse_config`] and [`config_error`] name the config key at fault; the host
+//!   reports it at that key's line and column in `kiln.toml`.
+//! - The `testing` feature: `testing::FakeJob` and `FakeHost` run
+//!   `cache_key` and `snapshot` in plain unit tests (see `examples/plugin-template`).
+//!
 //! ## Compatibility
 //!
 //! The plugin-api is versioned on its own ([`API_VERSION`]). The host loads a plugin
@@ -107,18 +121,23 @@
 #![warn(missing_docs)]
 
 pub mod abi;
+pub mod attrs;
 mod error;
 pub mod gojson;
 mod log_bridge;
 pub mod patterns;
 pub mod platform;
 mod sdk;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use abi::Capabilities;
+pub use attrs::{AttrSpec, AttrType};
 pub use error::{ErrorCode, PluginError, Result};
 pub use sdk::{
-    guard, parse_config, BlobWriter, CacheKey, Host, Job, Plugin, PluginInfo, Request, Snapshot,
-    Source, SourceInstance, DESCRIBE_ERROR, OCI_LAYOUT_PREFIX, SSH_PREFIX,
+    config_error, config_error_key, guard, parse_config, BlobWriter, CacheKey, Host, Job, Plugin,
+    PluginInfo, Request, Snapshot, Source, SourceInstance, DESCRIBE_ERROR, OCI_LAYOUT_PREFIX,
+    SSH_PREFIX,
 };
 
 /// The version of this plugin-api, declared by every plugin built against it.

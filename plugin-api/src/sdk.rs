@@ -2,7 +2,7 @@
 //! through the ABI with a panic guard around every entry point.
 
 use std::collections::BTreeMap;
-use std::fmt::Display;
+use std::fmt::{self, Display};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -15,6 +15,7 @@ use crate::abi::{
     JobContextBox, KeyValue, PluginDescriptor, ProgressEvent, ProgressKind, SnapshotResult,
     SourceAbi, SourceAbi_TO, SourceBox, SourceInstanceAbi, SourceInstanceAbi_TO, SourceInstanceBox,
 };
+use crate::attrs::AttrSpec;
 use crate::error::{ErrorCode, PluginError, Result};
 
 /// What a plugin declares about itself (see [`Plugin::info`]).
@@ -46,9 +47,104 @@ pub struct Request {
 }
 
 impl Request {
+    /// A request for `identifier` (`scheme://reference`; without `://`, all of it is
+    /// the reference and the scheme is empty), with no attributes: for tests.
+    pub fn new(identifier: &str) -> Self {
+        let (scheme, reference) = identifier.split_once("://").unwrap_or(("", identifier));
+        Self {
+            scheme: scheme.to_string(),
+            reference: reference.to_string(),
+            ..Self::default()
+        }
+    }
+
+    /// This request with attribute `key` set to `value`.
+    pub fn with_attr(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.attrs.insert(key.into(), value.into());
+        self
+    }
+
+    /// This request with a platform.
+    pub fn with_platform(mut self, platform: impl Into<String>) -> Self {
+        self.platform = Some(platform.into());
+        self
+    }
+
     /// The value of attribute `key`, if set.
     pub fn attr(&self, key: &str) -> Option<&str> {
         self.attrs.get(key).map(String::as_str)
+    }
+
+    fn typed<T>(
+        &self,
+        key: &str,
+        parse: impl FnOnce(&str) -> std::result::Result<T, String>,
+    ) -> Result<Option<T>> {
+        self.attr(key)
+            .map(|v| {
+                parse(v).map_err(|e| {
+                    PluginError::invalid_identifier(format!(
+                        "{}: attribute {key}: {e}",
+                        self.shown()
+                    ))
+                })
+            })
+            .transpose()
+    }
+
+    /// The identifier as shown in errors, with URL credentials replaced by `xxxxx`.
+    fn shown(&self) -> String {
+        let rest = &self.reference;
+        let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+        match rest[..end].rfind('@') {
+            Some(at) => format!("{}://xxxxx{}", self.scheme, &rest[at..]),
+            None => format!("{}://{rest}", self.scheme),
+        }
+    }
+
+    /// Attribute `key` as a non-negative integer (Go's base prefixes: `42`, `0x2a`,
+    /// `052`); `None` if unset; an `invalid identifier` error naming the attribute if
+    /// the value is not one.
+    pub fn attr_u64(&self, key: &str) -> Result<Option<u64>> {
+        self.typed(key, crate::attrs::parse_u64)
+    }
+
+    /// Attribute `key` as a boolean (Go's `strconv.ParseBool` spellings).
+    pub fn attr_bool(&self, key: &str) -> Result<Option<bool>> {
+        self.typed(key, crate::attrs::parse_bool)
+    }
+
+    /// Attribute `key` as a file mode in `0..=0o7777` (`0644` is octal, `420` decimal,
+    /// as in BuildKit's `http.perm`).
+    pub fn attr_octal(&self, key: &str) -> Result<Option<u32>> {
+        self.typed(key, crate::attrs::parse_mode)
+    }
+
+    /// Attribute `key` as a JSON list of strings (how a TOML array in a build
+    /// definition arrives); `None` if unset or JSON `null`.
+    pub fn attr_list(&self, key: &str) -> Result<Option<Vec<String>>> {
+        Ok(self.typed(key, crate::attrs::parse_list)?.flatten())
+    }
+
+    /// Refuses any attribute that starts with `prefix` (e.g. `"http."`) and is not in
+    /// `known` (entries ending in `.*` admit a family, like `http.header.*`). The
+    /// error names the attribute and lists the known ones. The host's schema check
+    /// ([`Plugin::attributes`]) does the same before the plugin is called; this keeps
+    /// a plugin strict when it is loaded by a host that does not check.
+    pub fn deny_unknown(&self, prefix: &str, known: &[&str]) -> Result<()> {
+        for key in self.attrs.keys().filter(|k| k.starts_with(prefix)) {
+            let declared = known.iter().any(|k| {
+                crate::attrs::AttrSpec::new(*k, crate::attrs::AttrType::String, "").matches(key)
+            });
+            if !declared {
+                return Err(PluginError::invalid_identifier(format!(
+                    "{}: unknown attribute {key} (known: {})",
+                    self.shown(),
+                    known.join(", ")
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Converts to the ABI form.
@@ -81,6 +177,30 @@ impl Request {
 }
 
 /// A cache key answer (see [`crate::abi::CacheKeyResult`]).
+///
+/// ## What goes into a key
+///
+/// - **`key` must contain everything that changes the content** `snapshot` writes:
+///   the resolved immutable version (commit, content digest), and every attribute that
+///   alters the tree (file name, mode, owner, sub-directory, …). Two steps with the
+///   same key must produce the same tree: the host reuses one for the other.
+/// - **`key` must not contain** secrets, tokens, URL credentials or anything else a
+///   user would not want in a build log: keys are stored in the cache index, shown by
+///   `kiln source resolve` and exported. Name a secret (`authheadersecret=NAME`), never
+///   its value. Nothing random either (time, temp paths), unless the step is meant to
+///   run every time: then start the key with `session:` (the digest becomes
+///   `random:…`, never reused across builds).
+/// - The host hashes the key as BuildKit does (`sha256("buildkit.source.v0:" + key)`),
+///   which is the digest `source resolve` shows, and mixes **the plugin's id** into the
+///   cache index as well: a plugin cannot hit another plugin's entries by returning the
+///   same key string, so no key needs the plugin's name in it.
+/// - `pin` is the immutable version the step resolved to (a commit, a manifest or
+///   content digest), recorded in build metadata so a build can be repeated exactly;
+///   the first pin of a step wins. Like the key, never a secret.
+/// - `opts` are load hints that are **not** part of the key and never change the
+///   content (e.g. a mirror to try first, a size estimate); they are not stored.
+/// - `done = false` says a stronger key exists at `index + 1` (BuildKit's
+///   multi-index protocol: the host asks for the next index only on a cache miss).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CacheKey {
     /// The key string.
@@ -132,12 +252,78 @@ pub trait Plugin: Source + Sized {
     ///
     /// Return [`PluginError::skip`] when the plugin cannot work on this machine.
     fn new(config: &str, host: Host) -> Result<Self>;
+
+    /// The attributes this source accepts (the schema). When it is not empty, the host
+    /// refuses a step with an undeclared attribute or a value that does not parse as
+    /// its type before calling the plugin, and `kiln plugins show` lists it. The
+    /// default declares nothing and the host checks nothing.
+    fn attributes() -> Vec<AttrSpec> {
+        Vec::new()
+    }
 }
 
-/// Parses the plugin's configuration text into `T`; errors name line and column.
+/// Parses the plugin's configuration text into `T`.
+///
+/// An error names the key it is about (`config key `timeout`: invalid type…`, see
+/// [`config_error`]), which the host turns into the line and column in `kiln.toml`.
 pub fn parse_config<T: serde::de::DeserializeOwned>(config: &str) -> Result<T> {
-    toml::from_str(config)
-        .map_err(|e| PluginError::invalid_config(e.to_string().trim_end().replace('\n', " ")))
+    toml::from_str(config).map_err(|e| {
+        let msg = e.message().trim_end().replace('\n', " ");
+        let key = e
+            .span()
+            .map(|s| key_at(config, s.start))
+            .unwrap_or_default();
+        config_error(&key, msg)
+    })
+}
+
+/// An `invalid config` error about `key` (a dotted path inside the plugin's `config`
+/// table; empty: the table as a whole). The host reads the key back
+/// ([`config_error_key`]) to point at its line and column in `kiln.toml`.
+pub fn config_error(key: &str, message: impl fmt::Display) -> PluginError {
+    if key.is_empty() {
+        PluginError::invalid_config(format!("config: {message}"))
+    } else {
+        PluginError::invalid_config(format!("config key `{key}`: {message}"))
+    }
+}
+
+/// The key an [`config_error`] message is about, and the rest of the message.
+pub fn config_error_key(message: &str) -> Option<(&str, &str)> {
+    let rest = message.strip_prefix("config key `")?;
+    let (key, rest) = rest.split_once("`: ")?;
+    Some((key, rest))
+}
+
+/// The dotted key path at byte `offset` of TOML text of the simple shape the host
+/// hands a plugin (`[table]` / `[[array]]` headers and `key = value` lines): the
+/// innermost table header above the offset, plus the key of the offset's line.
+fn key_at(text: &str, offset: usize) -> String {
+    let offset = offset.min(text.len());
+    let line_start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
+    let line_end = text[offset..].find('\n').map_or(text.len(), |i| offset + i);
+    let line = text[line_start..line_end].trim();
+    let header = |l: &str| {
+        let l = l.trim();
+        l.strip_prefix("[[")
+            .and_then(|r| r.strip_suffix("]]"))
+            .or_else(|| l.strip_prefix('[').and_then(|r| r.strip_suffix(']')))
+            .map(|h| h.trim().to_string())
+    };
+    if let Some(h) = header(line) {
+        return h;
+    }
+    let table = text[..line_start]
+        .lines()
+        .rev()
+        .find_map(header)
+        .unwrap_or_default();
+    let key = line.split_once('=').map(|(k, _)| k.trim()).unwrap_or("");
+    match (table.is_empty(), key.is_empty()) {
+        (_, true) => table,
+        (true, false) => key.to_string(),
+        (false, false) => format!("{table}.{key}"),
+    }
 }
 
 /// The host's services, as given to [`Plugin::new`]. Cheap to clone.
@@ -295,9 +481,13 @@ impl<'a> Job<'a> {
     pub fn progress_update(&self, task: &str, current: u64, total: u64) {
         self.progress(task, ProgressKind::UPDATE, current, total, None)
     }
-    /// Reports a task's end.
+    /// Reports a task's end with the units done (`total` is taken to be the same).
     pub fn progress_finish(&self, task: &str, current: u64, error: Option<&str>) {
         self.progress(task, ProgressKind::FINISH, current, current, error)
+    }
+    /// Reports a task's end with both counts (e.g. a transfer that stopped early).
+    pub fn progress_finish_of(&self, task: &str, current: u64, total: u64, error: Option<&str>) {
+        self.progress(task, ProgressKind::FINISH, current, total, error)
     }
     fn progress(
         &self,
@@ -453,6 +643,12 @@ pub fn describe_impl<P: Plugin>(api_version: &str) -> PluginDescriptor {
             d.schemes = info.schemes.iter().map(|s| RString::from(*s)).collect();
             d.capabilities = info.capabilities.0;
             d.max_concurrency = info.max_concurrency;
+            match guard("attributes", || Ok(P::attributes())) {
+                Ok(schema) => d.extra.extend(schema.iter().map(AttrSpec::to_extra)),
+                Err(e) => d
+                    .extra
+                    .push(KeyValue::new(DESCRIBE_ERROR, e.message.as_str())),
+            }
         }
         Err(e) => d
             .extra
@@ -475,4 +671,66 @@ pub fn new_source_impl<P: Plugin>(
             TD_Opaque,
         ))
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(serde::Deserialize, Debug)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Conf {
+        timeout: Option<u64>,
+        #[serde(default)]
+        proxy: Option<Proxy>,
+    }
+    #[derive(serde::Deserialize, Debug)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Proxy {
+        url: String,
+    }
+
+    #[test]
+    fn config_errors_name_the_key() {
+        let e = parse_config::<Conf>("timeout = \"x\"\n").unwrap_err();
+        assert_eq!(config_error_key(&e.message).unwrap().0, "timeout", "{e}");
+        let e = parse_config::<Conf>("timeout = 1\n[proxy]\nurl = 5\n").unwrap_err();
+        assert_eq!(config_error_key(&e.message).unwrap().0, "proxy.url", "{e}");
+        let e = parse_config::<Conf>("[proxy]\n").unwrap_err();
+        assert!(e.message.contains("url"), "{e}");
+        let e = parse_config::<Conf>("bogus = 1\n").unwrap_err();
+        assert_eq!(config_error_key(&e.message).unwrap().0, "bogus", "{e}");
+        assert_eq!(e.code, ErrorCode::INVALID_CONFIG);
+    }
+
+    #[test]
+    fn typed_attributes() {
+        let r = Request::new("https://user:pw@h/f")
+            .with_attr("http.perm", "0644")
+            .with_attr("http.uid", "0x10")
+            .with_attr("x.flag", "true")
+            .with_attr("x.list", r#"["a"]"#)
+            .with_attr("http.header.accept", "a");
+        assert_eq!(r.attr_octal("http.perm").unwrap(), Some(0o644));
+        assert_eq!(r.attr_u64("http.uid").unwrap(), Some(16));
+        assert_eq!(r.attr_bool("x.flag").unwrap(), Some(true));
+        assert_eq!(r.attr_list("x.list").unwrap(), Some(vec!["a".to_string()]));
+        assert_eq!(r.attr_u64("missing").unwrap(), None);
+        let e = r.attr_u64("x.flag").unwrap_err();
+        assert_eq!(e.code, ErrorCode::INVALID_IDENTIFIER);
+        assert!(
+            e.message.starts_with("https://xxxxx@h/f: attribute x.flag"),
+            "{e}"
+        );
+        assert!(!e.message.contains("pw"));
+        r.deny_unknown("http.", &["http.perm", "http.uid", "http.header.*"])
+            .unwrap();
+        let e = r.deny_unknown("http.", &["http.perm"]).unwrap_err();
+        assert!(
+            e.message.contains("unknown attribute http.header.accept"),
+            "{e}"
+        );
+    }
 }

@@ -171,3 +171,8 @@ pub fn copy_file(from: &Path, to: &Path) {
 
 /// The loopback HTTP server of the http source tests and benchmark.
 pub mod http_server;
+
+/// Git servers (`git daemon`, smart HTTP) and scratch repositories for the git tests.
+pub mod git_server;
+/// A registry (docker-registry), a token server and test images for the image source.
+pub mod registry;

@@ -45,7 +45,12 @@ pub struct Owner {
 impl<'de> Deserialize<'de> for Owner {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        let bad = || serde::de::Error::custom(format!("owner {s:?} is not \"UID:GID\""));
+        let bad = || {
+            serde::de::Error::custom(format!(
+                "owner {:?} is not \"UID:GID\" (two numbers)",
+                crate::text::shorten(&s)
+            ))
+        };
         let (u, g) = s.split_once(':').ok_or_else(bad)?;
         Ok(Owner {
             uid: u.parse().map_err(|_| bad())?,
@@ -56,14 +61,7 @@ impl<'de> Deserialize<'de> for Owner {
 
 /// A permission mode: a string of octal digits (`"0755"`) or a TOML integer (`0o755`).
 pub(crate) mod mode {
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Raw {
-        Int(i64),
-        Str(String),
-    }
+    use serde::{Deserializer, Serializer};
 
     fn check(m: i64) -> Result<u32, String> {
         if (0..=0o7777).contains(&m) {
@@ -73,14 +71,48 @@ pub(crate) mod mode {
         }
     }
 
+    const EXPECTED: &str = "an octal string like \"0755\" or an integer like 0o755";
+
+    /// Accepts an integer or a string of octal digits, and says what it expected for
+    /// anything else (a float, a boolean, a table…).
+    struct ModeVisitor;
+
+    impl serde::de::Visitor<'_> for ModeVisitor {
+        type Value = u32;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(EXPECTED)
+        }
+
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<u32, E> {
+            check(v).map_err(E::custom)
+        }
+
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<u32, E> {
+            check(i64::try_from(v).unwrap_or(i64::MAX)).map_err(E::custom)
+        }
+
+        fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<u32, E> {
+            Err(E::custom(format!(
+                "mode {v} is a float; expected {EXPECTED}"
+            )))
+        }
+
+        fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<u32, E> {
+            i64::from_str_radix(s.trim_start_matches("0o"), 8)
+                .map_err(|_| {
+                    format!(
+                        "mode {:?} is not an octal number; expected {EXPECTED}",
+                        crate::text::shorten(s)
+                    )
+                })
+                .and_then(check)
+                .map_err(E::custom)
+        }
+    }
+
     pub fn parse<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
-        let m = match Raw::deserialize(d)? {
-            Raw::Int(i) => check(i),
-            Raw::Str(s) => i64::from_str_radix(s.trim_start_matches("0o"), 8)
-                .map_err(|_| format!("mode {s:?} is not an octal number like \"0755\""))
-                .and_then(check),
-        };
-        m.map_err(serde::de::Error::custom)
+        d.deserialize_any(ModeVisitor)
     }
 
     pub fn parse_opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {

@@ -11,12 +11,14 @@ mod action;
 mod error;
 pub mod op;
 mod parse;
+pub mod run;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 pub use action::{Action, Copy, Mkdir, Mkfile, Owner, Rm, Symlink};
 pub use error::DefinitionError;
+pub use run::{NetworkMode, RunMount, RunStep};
 
 /// The only definition schema version this build of kiln reads.
 pub const DEFINITION_VERSION: i64 = 1;
@@ -44,6 +46,8 @@ pub enum Step {
     File(FileStep),
     /// Layers stacked in order, later ones win (`merge = [...]`).
     Merge(MergeStep),
+    /// A command run in its base's filesystem (`base` + `run`).
+    Run(RunStep),
 }
 
 /// A source step.
@@ -88,6 +92,19 @@ impl Step {
                 }))
                 .collect(),
             Step::Merge(m) => m.inputs.iter().map(String::as_str).collect(),
+            Step::Run(r) => r
+                .base
+                .iter()
+                .map(String::as_str)
+                .chain(r.mounts.iter().filter_map(|m| match m {
+                    RunMount::Bind { from, .. } => Some(from.as_str()),
+                    _ => None,
+                }))
+                .chain(r.actions.iter().filter_map(|a| match a {
+                    Action::Copy(c) => Some(c.from.as_str()),
+                    _ => None,
+                }))
+                .collect(),
         };
         let mut out: Vec<&str> = Vec::with_capacity(all.len());
         for s in all {
@@ -98,12 +115,13 @@ impl Step {
         out
     }
 
-    /// A short word for progress output: `source`, `file` or `merge`.
+    /// A short word for progress output: `source`, `file`, `merge` or `run`.
     pub fn kind(&self) -> &'static str {
         match self {
             Step::Source(_) => "source",
             Step::File(_) => "file",
             Step::Merge(_) => "merge",
+            Step::Run(_) => "run",
         }
     }
 }
@@ -111,10 +129,12 @@ impl Step {
 impl Definition {
     /// Reads and validates the definition at `path`.
     pub fn load(path: &Path) -> Result<Self, DefinitionError> {
-        let text = std::fs::read_to_string(path).map_err(|source| DefinitionError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let text =
+            crate::text::read_capped(path, crate::text::MAX_DEFINITION_BYTES, "build definition")
+                .map_err(|source| DefinitionError::Read {
+                path: path.to_path_buf(),
+                source,
+            })?;
         let dir = match path.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use super::{Action, FileStep, MergeStep};
+use super::{Action, FileStep, MergeStep, RunMount, RunStep};
 use crate::contenthash::Selector;
 use crate::worker::{clean_rel, pattern::has_wildcards};
 
@@ -77,50 +77,131 @@ pub fn source_op(
     })
 }
 
-/// The canonical definition of a file op.
-pub fn file_op(step: &FileStep) -> OpDef {
-    let mut inputs: Vec<String> = Vec::new();
-    let index = |name: &str, inputs: &mut Vec<String>| -> usize {
-        match inputs.iter().position(|n| n == name) {
+/// Input positions by step name, in first-use order.
+#[derive(Default)]
+struct Inputs {
+    names: Vec<String>,
+    selected: BTreeMap<usize, Vec<Selector>>,
+}
+
+impl Inputs {
+    fn index(&mut self, name: &str) -> usize {
+        match self.names.iter().position(|n| n == name) {
             Some(i) => i,
             None => {
-                inputs.push(name.to_string());
-                inputs.len() - 1
+                self.names.push(name.to_string());
+                self.names.len() - 1
             }
         }
-    };
-    let base = step.base.as_deref().map(|b| index(b, &mut inputs));
-    let mut actions = Vec::with_capacity(step.actions.len());
-    let mut selected: BTreeMap<usize, Vec<Selector>> = BTreeMap::new();
-    for a in &step.actions {
-        let mut v = serde_json::to_value(a).expect("actions encode");
-        if let Action::Copy(c) = a {
-            let i = index(&c.from, &mut inputs);
-            v["copy"]["from"] = json!(i);
-            selected.entry(i).or_default().push(Selector {
-                path: selector_path(&c.src),
-                wildcard: c.allow_wildcard && has_wildcards(&c.src),
-                follow: c.follow_symlinks,
-                unpack: c.unpack,
-            });
-        }
-        actions.push(v);
     }
-    let selectors = (0..inputs.len())
-        .map(|i| {
-            if Some(i) == base {
-                return None;
+
+    /// The actions in canonical form; each copy's source becomes a selector of its input.
+    fn actions(&mut self, actions: &[Action]) -> Vec<Value> {
+        let mut out = Vec::with_capacity(actions.len());
+        for a in actions {
+            let mut v = serde_json::to_value(a).expect("actions encode");
+            if let Action::Copy(c) = a {
+                let i = self.index(&c.from);
+                v["copy"]["from"] = json!(i);
+                self.selected.entry(i).or_default().push(Selector {
+                    path: selector_path(&c.src),
+                    wildcard: c.allow_wildcard && has_wildcards(&c.src),
+                    follow: c.follow_symlinks,
+                    unpack: c.unpack,
+                });
             }
-            selected.get(&i).map(|paths| {
-                let mut p = paths.clone();
-                p.sort();
-                p.dedup();
-                p
+            out.push(v);
+        }
+        out
+    }
+
+    /// Per input: the sorted selectors, or `None` where the whole tree is read
+    /// (the inputs in `whole`, and any input nothing selected from).
+    fn finish(self, whole: &[Option<usize>]) -> (Vec<String>, Vec<Option<Vec<Selector>>>) {
+        let selectors = (0..self.names.len())
+            .map(|i| {
+                if whole.contains(&Some(i)) {
+                    return None;
+                }
+                self.selected.get(&i).map(|paths| {
+                    let mut p = paths.clone();
+                    p.sort();
+                    p.dedup();
+                    p
+                })
             })
-        })
-        .collect();
+            .collect();
+        (self.names, selectors)
+    }
+}
+
+/// The canonical definition of a file op.
+pub fn file_op(step: &FileStep) -> OpDef {
+    let mut inputs = Inputs::default();
+    let base = step.base.as_deref().map(|b| inputs.index(b));
+    let actions = inputs.actions(&step.actions);
+    let (inputs, selectors) = inputs.finish(&[base]);
     OpDef {
         canonical: json!({ "op": "file", "base": base, "actions": actions }),
+        inputs,
+        selectors,
+    }
+}
+
+/// The canonical definition of an exec op (a `run` step): argv, env, workdir, user,
+/// network and the mount specs, with inputs by position. Secret values and cache
+/// contents never enter it; a bind mount reads its source path of its input.
+pub fn run_op(step: &RunStep) -> OpDef {
+    let mut inputs = Inputs::default();
+    let base = step.base.as_deref().map(|b| inputs.index(b));
+    let mut mounts = Vec::with_capacity(step.mounts.len());
+    let mut whole = vec![base];
+    for m in &step.mounts {
+        mounts.push(match m {
+            RunMount::Bind {
+                from,
+                source,
+                target,
+                readonly,
+            } => {
+                let i = inputs.index(from);
+                let path = selector_path(source);
+                if path == "/" {
+                    whole.push(Some(i));
+                } else {
+                    inputs.selected.entry(i).or_default().push(Selector {
+                        path: path.clone(),
+                        wildcard: false,
+                        follow: true,
+                        unpack: false,
+                    });
+                }
+                json!({"type": "bind", "input": i, "source": path, "target": target, "readonly": readonly})
+            }
+            RunMount::Cache { id, target, sharing } => {
+                json!({"type": "cache", "id": id, "target": target, "sharing": sharing})
+            }
+            RunMount::Secret { id, target, required } => {
+                json!({"type": "secret", "id": id, "target": target, "required": required})
+            }
+            RunMount::Tmpfs { target } => json!({"type": "tmpfs", "target": target}),
+            RunMount::Ssh { id, target } => json!({"type": "ssh", "id": id, "target": target}),
+        });
+    }
+    let actions = inputs.actions(&step.actions);
+    let (inputs, selectors) = inputs.finish(&whole);
+    OpDef {
+        canonical: json!({
+            "op": "exec",
+            "base": base,
+            "args": step.args,
+            "env": step.env,
+            "workdir": step.workdir,
+            "user": step.user,
+            "network": step.network,
+            "mounts": mounts,
+            "actions": actions,
+        }),
         inputs,
         selectors,
     }

@@ -12,11 +12,16 @@ use super::{
 
 type Res<T> = Result<T, DefinitionError>;
 
-const STEP_KEYS: &str = "source, attrs, platform, base, actions or merge";
+/// The most an inline `mkfile` data string may hold (1 MiB): larger files belong in a
+/// local source, not in the definition (which is hashed and kept in memory whole).
+pub(crate) const MAX_MKFILE_DATA: usize = 1 << 20;
+
+const STEP_KEYS: &str =
+    "source, attrs, platform, base, actions, merge, run, env, workdir, user, network or mounts";
 
 pub(super) fn parse(text: &str, dir: PathBuf) -> Res<Definition> {
-    let top: Table =
-        toml::from_str(text).map_err(|e| DefinitionError::syntax(one_line(&e.to_string())))?;
+    let top: Table = toml::from_str(text)
+        .map_err(|e| DefinitionError::syntax(crate::text::toml_error(text, &e)))?;
 
     for key in top.keys() {
         if !matches!(key.as_str(), "version" | "steps" | "output") {
@@ -116,7 +121,18 @@ fn parse_step(name: &str, t: &Table) -> Res<Step> {
     for key in t.keys() {
         if !matches!(
             key.as_str(),
-            "source" | "attrs" | "platform" | "base" | "actions" | "merge"
+            "source"
+                | "attrs"
+                | "platform"
+                | "base"
+                | "actions"
+                | "merge"
+                | "run"
+                | "env"
+                | "workdir"
+                | "user"
+                | "network"
+                | "mounts"
         ) {
             return Err(DefinitionError::step(
                 name,
@@ -141,7 +157,10 @@ fn parse_step(name: &str, t: &Table) -> Res<Step> {
         if !identifier.contains("://") {
             return Err(DefinitionError::step(
                 name,
-                format!("source {identifier:?} has no scheme (expected SCHEME://…)"),
+                format!(
+                    "source {:?} has no scheme (expected SCHEME://…)",
+                    crate::text::shorten(&identifier)
+                ),
             ));
         }
         let attrs = match t.get("attrs") {
@@ -166,7 +185,10 @@ fn parse_step(name: &str, t: &Table) -> Res<Step> {
             if !(2..=3).contains(&parts.len()) || parts.iter().any(|s| s.is_empty()) {
                 return Err(DefinitionError::step(
                     name,
-                    format!("platform {p:?} is not OS/ARCH[/VARIANT]"),
+                    format!(
+                        "platform {:?} is not OS/ARCH[/VARIANT]",
+                        crate::text::shorten(p)
+                    ),
                 ));
             }
         }
@@ -184,7 +206,12 @@ fn parse_step(name: &str, t: &Table) -> Res<Step> {
         }
         return Ok(Step::Merge(MergeStep { inputs }));
     }
-    if t.contains_key("base") || t.contains_key("actions") {
+    if t.contains_key("run") || t.contains_key("base") || t.contains_key("actions") {
+        if !t.contains_key("run") {
+            only(&["base", "actions"], "file")?;
+        } else {
+            only(super::run::RUN_KEYS, "run")?;
+        }
         let base = match t.get("base") {
             None => None,
             Some(b) => {
@@ -206,11 +233,14 @@ fn parse_step(name: &str, t: &Table) -> Res<Step> {
                 ))
             }
         };
+        if t.contains_key("run") {
+            return Ok(Step::Run(super::run::parse_run(name, t, base, actions)?));
+        }
         return Ok(Step::File(FileStep { base, actions }));
     }
     Err(DefinitionError::step(
         name,
-        "says nothing to do: give it `source`, `base` and `actions`, or `merge`",
+        "says nothing to do: give it `source`, `base` and `actions`, `base` and `run`, or `merge`",
     ))
 }
 
@@ -237,6 +267,22 @@ fn parse_action(step: &str, n: usize, v: &Value) -> Res<Action> {
             ))
         }
     };
+    if let Some(Value::String(data)) = v
+        .get("mkfile")
+        .and_then(|m| m.as_table())
+        .and_then(|m| m.get("data"))
+    {
+        if data.len() > MAX_MKFILE_DATA {
+            return Err(DefinitionError::step(
+                step,
+                format!(
+                    "action {n} (mkfile): `data` holds {} bytes, more than the limit of {} KiB; copy a larger file from a local source instead",
+                    data.len(),
+                    MAX_MKFILE_DATA >> 10
+                ),
+            ));
+        }
+    }
     let action: Action = v.clone().try_into().map_err(|e: toml::de::Error| {
         DefinitionError::step(
             step,
@@ -350,6 +396,21 @@ fn validate(def: &Definition) -> Res<()> {
                 r
             }
             Step::Merge(m) => m.inputs.iter().map(|s| ("merge", s.as_str())).collect(),
+            Step::Run(r) => {
+                let mut refs: Vec<(&str, &str)> =
+                    r.base.iter().map(|b| ("base", b.as_str())).collect();
+                for m in &r.mounts {
+                    if let super::RunMount::Bind { from, .. } = m {
+                        refs.push(("bind mount from", from.as_str()));
+                    }
+                }
+                for a in &r.actions {
+                    if let Action::Copy(c) = a {
+                        refs.push(("copy from", c.from.as_str()));
+                    }
+                }
+                refs
+            }
         };
         for (what, target) in refs {
             if !def.steps.contains_key(target) {

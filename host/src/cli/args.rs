@@ -1,4 +1,5 @@
-//! Parsers for repeated flag values: `K=V`, `NAME=DIR`, `--secret id=ID,src=FILE|env=VAR`.
+//! Parsers for repeated flag values: `K=V`, `NAME=DIR`, `--secret id=ID,src=FILE|env=VAR`,
+//! `--oci-layout NAME=DIR` and `--ssh ID[=SOCKET]`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -37,6 +38,116 @@ pub fn parse_locals(values: &[String]) -> Result<HashMap<String, PathBuf>, CliEr
         }
     }
     Ok(locals)
+}
+
+/// `--oci-layout NAME=DIR`... as a map of absolute paths. NAME is what an
+/// `oci-layout://NAME:TAG` or `oci-layout://NAME@sha256:…` identifier names; DIR must be
+/// an existing directory. A name given twice is a usage error.
+pub fn parse_oci_layouts(values: &[String]) -> Result<HashMap<String, PathBuf>, CliError> {
+    let mut layouts = HashMap::new();
+    for v in values {
+        let Some((name, dir)) = v.split_once('=') else {
+            return Err(CliError::usage(format!(
+                "--oci-layout {v:?}: expected NAME=DIR"
+            )));
+        };
+        check_name("--oci-layout", name, true)?;
+        if dir.is_empty() {
+            return Err(CliError::usage(format!(
+                "--oci-layout {name}=: the directory is empty"
+            )));
+        }
+        let abs = std::fs::canonicalize(dir)
+            .map_err(|e| CliError::usage(format!("--oci-layout {name}={dir}: {e}")))?;
+        if !abs.is_dir() {
+            return Err(CliError::usage(format!(
+                "--oci-layout {name}={dir}: not a directory"
+            )));
+        }
+        if layouts.insert(name.to_string(), abs).is_some() {
+            return Err(CliError::usage(format!(
+                "--oci-layout {name} is given twice"
+            )));
+        }
+    }
+    Ok(layouts)
+}
+
+/// `--ssh ID[=SOCKET]`... as a map of ssh-agent socket paths. Without `=SOCKET` the
+/// socket is `$SSH_AUTH_SOCK` (`ssh_auth_sock`); with neither, and for a path that is
+/// not a socket, the flag is a usage error. An id given twice is a usage error.
+pub fn parse_ssh(
+    values: &[String],
+    ssh_auth_sock: Option<&std::ffi::OsStr>,
+) -> Result<HashMap<String, PathBuf>, CliError> {
+    use std::os::unix::fs::FileTypeExt;
+    let mut sockets = HashMap::new();
+    for v in values {
+        let (id, socket) = match v.split_once('=') {
+            Some((id, s)) => (id, Some(s)),
+            None => (v.as_str(), None),
+        };
+        check_name("--ssh", id, false)?;
+        let socket = match socket {
+            Some("") => {
+                return Err(CliError::usage(format!(
+                    "--ssh {id}=: the socket path is empty"
+                )))
+            }
+            Some(s) => PathBuf::from(s),
+            None => match ssh_auth_sock.filter(|s| !s.is_empty()) {
+                Some(s) => PathBuf::from(s),
+                None => {
+                    return Err(CliError::usage(format!(
+                        "--ssh {id}: no socket given and SSH_AUTH_SOCK is not set (use --ssh {id}=SOCKET)"
+                    )))
+                }
+            },
+        };
+        let socket = std::path::absolute(&socket).unwrap_or(socket);
+        match std::fs::metadata(&socket) {
+            Ok(m) if m.file_type().is_socket() => {}
+            Ok(_) => {
+                return Err(CliError::usage(format!(
+                    "--ssh {id}={}: not a socket (kiln forwards an ssh-agent socket; key files are not supported)",
+                    socket.display()
+                )))
+            }
+            Err(e) => {
+                return Err(CliError::usage(format!(
+                    "--ssh {id}={}: {e}",
+                    socket.display()
+                )))
+            }
+        }
+        if sockets.insert(id.to_string(), socket).is_some() {
+            return Err(CliError::usage(format!("--ssh {id} is given twice")));
+        }
+    }
+    Ok(sockets)
+}
+
+/// Checks a `--oci-layout` NAME or an `--ssh` ID: 1 to 128 characters from
+/// `[A-Za-z0-9._-]` (and `/` inside a layout name), starting with a letter or digit.
+fn check_name(flag: &str, name: &str, slashes: bool) -> Result<(), CliError> {
+    let what = if slashes { "NAME" } else { "ID" };
+    let ok_char = |c: char| {
+        c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') || (slashes && c == '/')
+    };
+    let valid = !name.is_empty()
+        && name.len() <= 128
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && !name.ends_with('/')
+        && !name.contains("//")
+        && name.chars().all(ok_char);
+    if valid {
+        Ok(())
+    } else {
+        Err(CliError::usage(format!(
+            "{flag} {name:?}: invalid {what}: use 1 to 128 letters, digits, '.', '_' or '-'{}, starting with a letter or digit",
+            if slashes { " (and '/' between parts)" } else { "" }
+        )))
+    }
 }
 
 /// One `--secret` flag.
@@ -88,13 +199,17 @@ pub fn read_secrets(values: &[String]) -> Result<HashMap<String, Vec<u8>>, CliEr
     for v in values {
         let spec = parse_secret(v)?;
         let value = match &spec.source {
-            SecretSource::File(p) => std::fs::read(p).map_err(|e| {
-                CliError::usage(format!(
-                    "--secret {}: cannot read {}: {e}",
-                    spec.id,
-                    p.display()
-                ))
-            })?,
+            SecretSource::File(p) => {
+                crate::text::read_capped_bytes(p, crate::text::MAX_SECRET_BYTES, "secret").map_err(
+                    |e| {
+                        CliError::usage(format!(
+                            "--secret {}: cannot read {}: {e}",
+                            spec.id,
+                            p.display()
+                        ))
+                    },
+                )?
+            }
             SecretSource::Env(var) => std::env::var_os(var)
                 .ok_or_else(|| {
                     CliError::usage(format!(
@@ -135,6 +250,78 @@ mod tests {
         );
         assert!(parse_secret("src=/f").is_err());
         assert!(parse_secret("id=a,bogus=1").is_err());
+    }
+
+    #[test]
+    fn oci_layouts_parse() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().display().to_string();
+        let m = parse_oci_layouts(&[format!("base={dir}"), format!("team/app={dir}")]).unwrap();
+        assert_eq!(m["base"], d.path().canonicalize().unwrap());
+        assert!(m.contains_key("team/app"));
+        for (bad, says) in [
+            (
+                format!("base={dir}|base={dir}"),
+                "--oci-layout base is given twice",
+            ),
+            ("base".to_string(), "expected NAME=DIR"),
+            (format!("={dir}"), "invalid NAME"),
+            (format!("a:b={dir}"), "invalid NAME"),
+            (format!("a@b={dir}"), "invalid NAME"),
+            (format!("/a={dir}"), "invalid NAME"),
+            ("base=".to_string(), "the directory is empty"),
+            (format!("base={dir}/missing"), "--oci-layout base="),
+        ] {
+            let values: Vec<String> = bad.split('|').map(str::to_string).collect();
+            let e = parse_oci_layouts(&values).unwrap_err();
+            assert_eq!(e.code, 2, "{bad}");
+            assert!(e.message.contains(says), "{bad}: {}", e.message);
+        }
+        std::fs::write(d.path().join("f"), "").unwrap();
+        let e = parse_oci_layouts(&[format!("f={dir}/f")]).unwrap_err();
+        assert!(e.message.contains("not a directory"), "{}", e.message);
+    }
+
+    #[test]
+    fn ssh_sockets_parse() {
+        let d = tempfile::tempdir().unwrap();
+        let sock = d.path().join("agent.sock");
+        let _listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        let file = d.path().join("id_rsa");
+        std::fs::write(&file, "key").unwrap();
+        let s = sock.display().to_string();
+        let m = parse_ssh(
+            &["default".into(), format!("git={s}")],
+            Some(sock.as_os_str()),
+        )
+        .unwrap();
+        assert_eq!(m["default"], sock);
+        assert_eq!(m["git"], sock);
+        let e = parse_ssh(&["default".into()], None).unwrap_err();
+        assert_eq!(e.code, 2);
+        assert!(
+            e.message.contains("SSH_AUTH_SOCK is not set"),
+            "{}",
+            e.message
+        );
+        let e = parse_ssh(
+            &["default".into(), format!("default={s}")],
+            Some(sock.as_os_str()),
+        )
+        .unwrap_err();
+        assert!(
+            e.message.contains("--ssh default is given twice"),
+            "{}",
+            e.message
+        );
+        let e = parse_ssh(&[format!("k={}", file.display())], None).unwrap_err();
+        assert!(e.message.contains("not a socket"), "{}", e.message);
+        let e = parse_ssh(&[format!("k={s}/nope")], None).unwrap_err();
+        assert!(e.message.starts_with("--ssh k="), "{}", e.message);
+        for bad in ["", "a b", "a/b", "-x", "a:b"] {
+            let e = parse_ssh(&[format!("{bad}={s}")], None).unwrap_err();
+            assert!(e.message.contains("invalid ID"), "{bad}: {}", e.message);
+        }
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! `kiln cache du [--json]` and `kiln cache prune [--all] [--keep-duration DUR]`.
+//! `kiln cache du [--json]`, `kiln cache prune [--all] [--keep-duration DUR]` and
+//! `kiln cache verify [--repair] [--json]`.
 
 use std::time::Duration;
 
@@ -25,6 +26,17 @@ pub enum CacheCommand {
         /// Remove data not used within this duration (e.g. `90s`, `30m`, `24h`, `7d`).
         #[arg(long, value_name = "DUR", value_parser = parse_duration)]
         keep_duration: Option<Duration>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check every blob against its digest and every snapshot against the content hash
+    /// recorded when it was made. Exits 1 if anything failed (with `--repair`: if
+    /// anything failed and could not be removed).
+    Verify {
+        /// Remove what failed, so that the next build fetches or builds it again.
+        #[arg(long)]
+        repair: bool,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -100,6 +112,30 @@ pub fn run(g: &Globals, cmd: CacheCommand) -> Result<(), CliError> {
                 println!("{}", serde_json::to_string_pretty(&r).expect("JSON"));
             } else {
                 print!("{r}");
+            }
+        }
+        CacheCommand::Verify { repair, json } => {
+            let r = store.verify(repair).map_err(store_err)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r).expect("JSON"));
+            } else {
+                print!("{}", crate::text::escape_lines(&r.to_string()));
+            }
+            let left = r
+                .blobs_failed
+                .iter()
+                .chain(&r.snapshots_failed)
+                .filter(|f| !f.removed)
+                .count();
+            if left > 0 {
+                return Err(CliError::failed(format!(
+                    "cache verify: {left} item(s) failed verification{}",
+                    if repair {
+                        " and could not be removed"
+                    } else {
+                        " (run `kiln cache verify --repair` to drop them)"
+                    }
+                )));
             }
         }
     }

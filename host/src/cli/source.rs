@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::args::{parse_attrs, parse_locals, read_secrets};
+use super::args::{parse_attrs, parse_locals, parse_oci_layouts, parse_ssh, read_secrets};
 use super::{runtime, CliError, Globals};
 use crate::app::AppContext;
 use crate::job::Job;
@@ -26,9 +26,16 @@ pub struct SourceArgs {
     /// Maps a local name to a directory, `NAME=DIR` (repeatable).
     #[arg(long = "local", value_name = "NAME=DIR")]
     pub locals: Vec<String>,
+    /// Maps an OCI image layout name to its directory, `NAME=DIR` (repeatable), for
+    /// `oci-layout://NAME:TAG` and `oci-layout://NAME@sha256:…`.
+    #[arg(long = "oci-layout", value_name = "NAME=DIR")]
+    pub oci_layouts: Vec<String>,
     /// A secret, `id=ID,src=FILE` or `id=ID,env=VAR` (repeatable).
     #[arg(long = "secret", value_name = "SPEC")]
     pub secrets: Vec<String>,
+    /// Forwards an ssh-agent socket as ID, `ID[=SOCKET]` (default: $SSH_AUTH_SOCK; repeatable).
+    #[arg(long = "ssh", value_name = "ID[=SOCKET]")]
+    pub ssh: Vec<String>,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
@@ -57,13 +64,20 @@ pub fn run(g: &Globals, cmd: SourceCommand) -> Result<(), CliError> {
     };
     let attrs = parse_attrs(&args.attrs)?;
     let locals = parse_locals(&args.locals)?;
+    let oci_layouts = parse_oci_layouts(&args.oci_layouts)?;
+    let ssh = parse_ssh(&args.ssh, std::env::var_os("SSH_AUTH_SOCK").as_deref())?;
     let secrets = read_secrets(&args.secrets)?;
     if let Some(d) = &dest {
         check_dest(d)?;
     }
     let app = g.app(LoadOptions::default())?;
     let progress = Arc::new(Progress::stderr(g.progress));
-    let job = Arc::new(Job::new(secrets, locals).with_progress(progress.clone()));
+    let job = Arc::new(
+        Job::new(secrets, locals)
+            .with_oci_layouts(oci_layouts)
+            .with_ssh(ssh)
+            .with_progress(progress.clone()),
+    );
     let rt = runtime()?;
     let result = rt.block_on(async {
         let id = app
@@ -129,10 +143,11 @@ fn resolve_json(op: &SourceOp, maps: &[CacheMap]) -> serde_json::Value {
 }
 
 fn print_human(op: &SourceOp, maps: &[CacheMap]) {
-    println!("identifier: {}", op.identifier().canonical);
-    println!("pin:        {}", op.pin().unwrap_or_default());
+    use crate::text::escape;
+    println!("identifier: {}", escape(&op.identifier().canonical));
+    println!("pin:        {}", escape(&op.pin().unwrap_or_default()));
     for m in maps {
-        println!("key[{}]:     {}", m.index, m.key);
+        println!("key[{}]:     {}", m.index, escape(&m.key));
         println!("digest[{}]:  {}", m.index, m.digest);
     }
 }

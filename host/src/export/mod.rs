@@ -4,14 +4,17 @@
 //!   there is merged, entries of the result replace entries of the same name).
 //! - `type=tar,dest=FILE|-`: a deterministic tar of the tree (sorted, with the
 //!   tree's modes, owners and times) written to FILE or standard output.
-//! - `type=oci,dest=FILE[,name=REF]`: an OCI image layout in a tar archive, one gzip
-//!   layer holding the tree, and a config that carries the base image's runtime
-//!   config (env, cmd, entrypoint, working dir, …) when the result derives from an
-//!   image. `skopeo inspect oci-archive:FILE` and `umoci unpack` read it.
+//! - `type=oci,dest=FILE[,name=REF]`: an OCI image layout in a tar archive. A result
+//!   that derives from an image ([`BaseImage`]) keeps the base image's config and its
+//!   layers as the same blobs, with the build's changes as one new gzip layer on top
+//!   (the diff of the base rootfs and the result, [`diff`]); any other result is one
+//!   gzip layer holding the tree. `skopeo inspect oci-archive:FILE` and `umoci unpack`
+//!   read it.
 //!
 //! [`OutputSpec`] parses the CLI's spec; [`export`] writes it and returns the digest
 //! that `--metadata-file` records.
 
+pub mod diff;
 mod local;
 mod oci;
 mod tarball;
@@ -23,7 +26,7 @@ use std::str::FromStr;
 use std::sync::atomic::AtomicBool;
 
 pub use oci::Platform;
-pub use tarball::{write_tree_tar, HashingWriter};
+pub use tarball::{write_output_file, write_tree_tar, HashingWriter};
 
 use crate::worker::WorkerError;
 
@@ -55,6 +58,9 @@ pub enum ExportError {
     /// The base image's config is not usable.
     #[error("export: base image config: {0}")]
     BaseConfig(String),
+    /// A base image's layer blob is not usable.
+    #[error("export: base image {0}")]
+    BaseLayer(String),
     /// The platform is not `os/arch[/variant]` (the message says why).
     #[error("export: {0}")]
     Platform(String),
@@ -212,14 +218,44 @@ impl fmt::Display for OutputSpec {
     }
 }
 
+/// One layer of a base image: its descriptor as the image's manifest has it, and
+/// where its blob is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BaseLayer {
+    /// The media type (OCI or Docker, gzip, zstd or uncompressed).
+    pub media_type: String,
+    /// `sha256:<hex>` of the (compressed) blob.
+    pub digest: String,
+    /// The blob's size in bytes.
+    pub size: u64,
+    /// The verified blob in the content store; `None` when the store lacks it
+    /// (pruned), which makes the OCI exporter squash the result into one layer.
+    pub blob: Option<PathBuf>,
+}
+
+/// The image a result derives from: the image source its base chain starts at.
+#[derive(Clone, Debug, Default)]
+pub struct BaseImage {
+    /// The canonical reference, without credentials (for messages).
+    pub reference: String,
+    /// The image config JSON (OCI or Docker image config), verified against its digest.
+    pub config: Vec<u8>,
+    /// The layers the image source used (after `image.layerlimit`), bottom first.
+    pub layers: Vec<BaseLayer>,
+    /// The image's rootfs (the source's snapshot), which the new layer is a diff
+    /// against; `None` (the source did not list its layers) squashes the result into
+    /// one layer.
+    pub rootfs: Option<PathBuf>,
+}
+
 /// What the exporters need besides the tree.
 #[derive(Clone, Debug, Default)]
 pub struct ExportOptions<'a> {
     /// The image platform (`os/arch[/variant]`); default: the base image's, else the host's.
     pub platform: Option<&'a str>,
-    /// The base image's config JSON (OCI or Docker image config) when the result
-    /// derives from an image: its runtime config and history carry over.
-    pub base_config: Option<&'a [u8]>,
+    /// The image the result derives from: its config carries over, and (for `oci`) its
+    /// layers are reused with the build's changes as one new layer on top.
+    pub base: Option<&'a BaseImage>,
     /// Polled while copying.
     pub cancel: Option<&'a AtomicBool>,
 }

@@ -170,12 +170,117 @@ pub fn export_tar(tree: &Path, dest: &TarDest) -> Result<String, ExportError> {
     }
 }
 
-type Finish = Box<dyn FnOnce(tempfile::NamedTempFile) -> Result<(), ExportError>>;
+type Finish = Box<dyn FnOnce(OutputFile) -> Result<(), ExportError>>;
 
-/// A temporary file beside `path` and the function that syncs it and renames it over
-/// `path` (so a reader never sees a half-written output).
-pub(crate) fn atomic_file(path: &Path) -> Result<(tempfile::NamedTempFile, Finish), ExportError> {
-    let dir = match path.parent() {
+/// Where a file output's bytes go while it is written.
+///
+/// A regular file (or a path that does not exist yet) is written to a temporary file
+/// beside it and renamed into place at the end, so a reader never sees half an output.
+/// Anything else that already exists (a character device such as `/dev/null`, a FIFO,
+/// a socket, `/dev/stdout` on a pipe or terminal) is opened and written as a stream:
+/// renaming over it would replace the device node or FIFO itself.
+pub(crate) enum OutputFile {
+    /// A temporary file renamed over the destination by [`Finish`].
+    Atomic(tempfile::NamedTempFile),
+    /// The destination itself, written in place.
+    Stream(File),
+}
+
+impl Write for OutputFile {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            OutputFile::Atomic(f) => f.write(buf),
+            OutputFile::Stream(f) => f.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            OutputFile::Atomic(f) => f.flush(),
+            OutputFile::Stream(f) => f.flush(),
+        }
+    }
+}
+
+impl io::Seek for OutputFile {
+    fn seek(&mut self, pos: io::SeekFrom) -> io::Result<u64> {
+        match self {
+            OutputFile::Atomic(f) => f.seek(pos),
+            OutputFile::Stream(f) => f.seek(pos),
+        }
+    }
+}
+
+/// How a destination path is written.
+enum DestKind {
+    /// Replace the regular file (or create the file) at this path atomically.
+    Replace(PathBuf),
+    /// Open the existing non-regular file and write it as a stream.
+    Stream,
+}
+
+/// Decides how `path` is written. A link is followed: the file it names is replaced,
+/// not the link (so `/dev/stdout` redirected to a file never replaces `/dev/stdout`).
+/// Folders are refused.
+fn dest_kind(path: &Path) -> Result<DestKind, ExportError> {
+    let meta = match fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Ok(DestKind::Replace(path.to_path_buf()))
+        }
+        Err(e) => return Err(ExportError::io("stat", path, e)),
+    };
+    if meta.is_dir() {
+        return Err(ExportError::io(
+            "write",
+            path,
+            io::Error::new(
+                io::ErrorKind::IsADirectory,
+                "is a folder (expected a file, a device or a FIFO)",
+            ),
+        ));
+    }
+    if !meta.is_file() {
+        return Ok(DestKind::Stream);
+    }
+    let is_link = fs::symlink_metadata(path)
+        .map(|m| m.file_type().is_symlink())
+        .unwrap_or(false);
+    if !is_link {
+        return Ok(DestKind::Replace(path.to_path_buf()));
+    }
+    match fs::canonicalize(path) {
+        // `/dev/stdout` → `/proc/self/fd/1` → a file that may be gone or unnamed: the
+        // open descriptor is the only sure way to it.
+        Ok(real) if !real.starts_with("/proc") && !real.starts_with("/dev") => {
+            Ok(DestKind::Replace(real))
+        }
+        _ => Ok(DestKind::Stream),
+    }
+}
+
+/// A writer for the output file `path` and the function that completes it: for a
+/// regular file, a temporary file beside it that is synced and renamed over `path`;
+/// for an existing device, FIFO or socket, the destination itself, flushed at the end
+/// (a write error such as ENOSPC or EPIPE fails the export).
+pub(crate) fn atomic_file(path: &Path) -> Result<(OutputFile, Finish), ExportError> {
+    let target = match dest_kind(path)? {
+        DestKind::Stream => {
+            let f = fs::OpenOptions::new()
+                .write(true)
+                .open(path)
+                .map_err(|e| ExportError::io("open", path, e))?;
+            let target = path.to_path_buf();
+            let finish: Finish = Box::new(move |out: OutputFile| {
+                let mut out = out;
+                out.flush()
+                    .map_err(|e| ExportError::io("write", &target, e))
+            });
+            return Ok((OutputFile::Stream(f), finish));
+        }
+        DestKind::Replace(target) => target,
+    };
+    let dir = match target.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
@@ -183,9 +288,14 @@ pub(crate) fn atomic_file(path: &Path) -> Result<(tempfile::NamedTempFile, Finis
     let tmp = tempfile::Builder::new()
         .prefix(".kiln-export-")
         .tempfile_in(&dir)
-        .map_err(|e| ExportError::io("create", path, e))?;
-    let target = path.to_path_buf();
-    let finish: Finish = Box::new(move |tmp: tempfile::NamedTempFile| {
+        .map_err(|e| ExportError::io("create", &target, e))?;
+    let finish: Finish = Box::new(move |out: OutputFile| {
+        let tmp = match out {
+            OutputFile::Atomic(t) => t,
+            OutputFile::Stream(mut f) => {
+                return f.flush().map_err(|e| ExportError::io("write", &target, e))
+            }
+        };
         tmp.as_file()
             .sync_all()
             .map_err(|e| ExportError::io("sync", &target, e))?;
@@ -195,7 +305,16 @@ pub(crate) fn atomic_file(path: &Path) -> Result<(tempfile::NamedTempFile, Finis
             .map_err(|e| ExportError::io("rename into place", &target, e.error))?;
         Ok(())
     });
-    Ok((tmp, finish))
+    Ok((OutputFile::Atomic(tmp), finish))
+}
+
+/// Writes `bytes` to the output file `path` the way exports are written (atomically for
+/// a regular file, as a stream for a device or FIFO). `--metadata-file` uses it.
+pub fn write_output_file(path: &Path, bytes: &[u8]) -> Result<(), ExportError> {
+    let (mut out, finish) = atomic_file(path)?;
+    out.write_all(bytes)
+        .map_err(|e| ExportError::io("write", path, e))?;
+    finish(out)
 }
 
 fn set_default_mode(path: &Path) -> io::Result<()> {

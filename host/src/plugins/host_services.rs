@@ -78,10 +78,12 @@ impl HostServices for Services {
     }
 
     fn log(&self, r: &LogRecord) {
+        // A plugin's message echoes identifiers and server replies: shortened and
+        // escaped before it reaches the terminal.
         let (plugin, target, msg) = (
             self.plugin_id.as_str(),
             r.target.as_str(),
-            r.message.as_str(),
+            crate::text::one_line(r.message.as_str()),
         );
         match r.level {
             LogLevel::ERROR => tracing::error!(target: "kiln::plugin", plugin, target, "{msg}"),
@@ -260,6 +262,8 @@ impl JobContext for JobContextImpl {
             },
             ProgressKind::FINISH => ProgressUpdate::TaskFinish {
                 task,
+                current: e.current,
+                total: e.total,
                 error: e.error.as_ref().map(|s| s.to_string()).into_option(),
             },
             _ => ProgressUpdate::TaskUpdate {

@@ -104,16 +104,23 @@ pub fn open_plugin(path: &Path, pin: Option<&str>, hash: bool) -> Result<OpenedL
                     "sha256 mismatch: the configuration pins {pin}, the file has {digest}"
                 )));
             }
+            // The loader maps what the headers describe: a segment past the end of the
+            // file would be a SIGBUS at the first touch, so check before `dlopen`.
+            elf::check(&bytes[..], bytes.len() as u64).map_err(elf_error)?;
             (sealed_memfd(&bytes)?, Some(digest))
         }
         // Unpinned: the hash is for display only (`plugins list`), read from the same
         // open file that is then loaded.
         None if hash => {
+            elf::check(&file, meta.len()).map_err(elf_error)?;
             let digest =
                 reader_sha256(&file).map_err(|e| OpenError::new(format!("cannot read: {e}")))?;
             (file, Some(digest))
         }
-        None => (file, None),
+        None => {
+            elf::check(&file, meta.len()).map_err(elf_error)?;
+            (file, None)
+        }
     };
 
     let fd_path = format!("/proc/self/fd/{}", load_fd.as_raw_fd());
@@ -177,6 +184,10 @@ pub fn open_plugin(path: &Path, pin: Option<&str>, hash: bool) -> Result<OpenedL
         sha256,
         api_version,
     })
+}
+
+fn elf_error(reason: String) -> OpenError {
+    OpenError::new(format!("not a usable shared library: {reason}"))
 }
 
 /// A short line for an abi_stable error, with the full report kept for debug logs.
@@ -253,4 +264,212 @@ fn reader_sha256(file: &File) -> std::io::Result<String> {
         offset += n as u64;
     }
     Ok(hex::encode(hasher.finalize()))
+}
+
+/// Checks an ELF shared object against its own headers before any of it is mapped:
+/// `dlopen` maps the loadable segments the program headers name, and touching a mapped
+/// page past the end of the file (a truncated or cut copy) kills the process with
+/// SIGBUS. Nothing here trusts a header field without a bounds check.
+pub(crate) mod elf {
+    use std::fs::File;
+
+    /// Bytes readable at an offset: a file or a buffer.
+    pub trait Source {
+        /// Fills `buf` from `offset`; false if the source ends first.
+        fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> bool;
+    }
+
+    impl Source for &File {
+        fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> bool {
+            std::os::unix::fs::FileExt::read_exact_at(*self, buf, offset).is_ok()
+        }
+    }
+
+    impl Source for &[u8] {
+        fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> bool {
+            let Ok(start) = usize::try_from(offset) else {
+                return false;
+            };
+            match start
+                .checked_add(buf.len())
+                .and_then(|end| self.get(start..end))
+            {
+                Some(src) => {
+                    buf.copy_from_slice(src);
+                    true
+                }
+                None => false,
+            }
+        }
+    }
+
+    const EHDR64: usize = 64;
+    const PHDR64: usize = 56;
+    const SHDR64: usize = 64;
+    const ET_DYN: u16 = 3;
+    const PT_LOAD: u32 = 1;
+    const PT_DYNAMIC: u32 = 2;
+
+    #[cfg(target_arch = "x86_64")]
+    const MACHINE: (u16, &str) = (62, "x86-64");
+    #[cfg(target_arch = "aarch64")]
+    const MACHINE: (u16, &str) = (183, "aarch64");
+    #[cfg(target_arch = "riscv64")]
+    const MACHINE: (u16, &str) = (243, "riscv64");
+
+    fn u16_at(b: &[u8], o: usize) -> u16 {
+        u16::from_le_bytes([b[o], b[o + 1]])
+    }
+    fn u32_at(b: &[u8], o: usize) -> u32 {
+        u32::from_le_bytes(b[o..o + 4].try_into().expect("4 bytes"))
+    }
+    fn u64_at(b: &[u8], o: usize) -> u64 {
+        u64::from_le_bytes(b[o..o + 8].try_into().expect("8 bytes"))
+    }
+
+    /// `Ok` if the file of `len` bytes is a 64-bit little-endian shared object for this
+    /// machine whose header tables and loadable segments all lie inside the file;
+    /// otherwise what is wrong, in a few words.
+    pub fn check(src: impl Source, len: u64) -> Result<(), String> {
+        let mut eh = [0u8; EHDR64];
+        if !src.read_exact_at(&mut eh, 0) {
+            return Err(format!(
+                "the file is cut short ({len} bytes, smaller than an ELF header)"
+            ));
+        }
+        if eh[..4] != *b"\x7fELF" {
+            return Err("not an ELF file".into());
+        }
+        if eh[4] != 2 {
+            return Err(format!(
+                "ELF class {} (this kiln loads 64-bit objects only)",
+                eh[4]
+            ));
+        }
+        if eh[5] != 1 {
+            return Err("big-endian ELF (this machine is little-endian)".into());
+        }
+        let e_type = u16_at(&eh, 16);
+        if e_type != ET_DYN {
+            return Err(format!("ELF type {e_type} is not a shared object"));
+        }
+        let machine = u16_at(&eh, 18);
+        if machine != MACHINE.0 {
+            return Err(format!(
+                "built for ELF machine {machine}, not for this {} machine",
+                MACHINE.1
+            ));
+        }
+        let phoff = u64_at(&eh, 32);
+        let shoff = u64_at(&eh, 40);
+        let phentsize = u16_at(&eh, 54) as usize;
+        let phnum = u16_at(&eh, 56) as u64;
+        let shentsize = u16_at(&eh, 58) as u64;
+        let shnum = u16_at(&eh, 60) as u64;
+        if phnum == 0 || phentsize != PHDR64 {
+            return Err("no usable program header table".into());
+        }
+        let table_end = |off: u64, n: u64, size: u64| off.checked_add(n.checked_mul(size)?);
+        match table_end(phoff, phnum, PHDR64 as u64) {
+            Some(end) if end <= len => {}
+            _ => {
+                return Err(format!(
+                    "the file is cut short: its program headers end past its {len} bytes"
+                ))
+            }
+        }
+        if shoff != 0 {
+            if shnum != 0 && shentsize != SHDR64 as u64 {
+                return Err("section headers of the wrong size".into());
+            }
+            match table_end(shoff, shnum, SHDR64 as u64) {
+                Some(end) if end <= len => {}
+                _ => {
+                    return Err(format!(
+                        "the file is cut short: its section headers end past its {len} bytes"
+                    ))
+                }
+            }
+        }
+        let mut ph = vec![0u8; phnum as usize * PHDR64];
+        if !src.read_exact_at(&mut ph, phoff) {
+            return Err("cannot read its program headers".into());
+        }
+        let mut loads = 0;
+        for (i, p) in ph.chunks_exact(PHDR64).enumerate() {
+            let kind = u32_at(p, 0);
+            if kind != PT_LOAD && kind != PT_DYNAMIC {
+                continue;
+            }
+            let offset = u64_at(p, 8);
+            let filesz = u64_at(p, 32);
+            let memsz = u64_at(p, 40);
+            match offset.checked_add(filesz) {
+                Some(end) if end <= len => {}
+                _ => {
+                    return Err(format!(
+                        "the file is cut short: segment {i} needs bytes up to {} but the file has {len}",
+                        offset.saturating_add(filesz)
+                    ))
+                }
+            }
+            if kind == PT_LOAD {
+                if filesz > memsz {
+                    return Err(format!("segment {i} is larger on disk than in memory"));
+                }
+                loads += 1;
+            }
+        }
+        if loads == 0 {
+            return Err("no loadable segment".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod elf_tests {
+    use super::elf;
+
+    /// The test binary itself: a 64-bit ELF file for this machine (an executable, so
+    /// its type is patched to a shared object where a test needs one to pass).
+    fn own_bytes() -> Vec<u8> {
+        let mut b = std::fs::read(std::env::current_exe().unwrap()).unwrap();
+        b[16] = 3; // ET_DYN
+        b
+    }
+
+    #[test]
+    fn whole_file_passes_and_every_cut_fails() {
+        let b = own_bytes();
+        elf::check(&b[..], b.len() as u64).unwrap();
+        for cut in [0, 4, 63, 64, 200, 4096, b.len() / 2, b.len() - 1] {
+            let part = &b[..cut];
+            assert!(elf::check(part, cut as u64).is_err(), "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn class_machine_and_type_are_checked() {
+        let mut b = own_bytes();
+        b[4] = 1;
+        assert!(elf::check(&b[..], b.len() as u64)
+            .unwrap_err()
+            .contains("64-bit"));
+        let mut b = own_bytes();
+        b[18] = 0x28; // EM_ARM
+        b[19] = 0;
+        assert!(elf::check(&b[..], b.len() as u64)
+            .unwrap_err()
+            .contains("machine 40"));
+        let mut b = own_bytes();
+        b[16] = 1; // ET_REL
+        assert!(elf::check(&b[..], b.len() as u64)
+            .unwrap_err()
+            .contains("not a shared object"));
+        // A program header table said to lie past the end.
+        let mut b = own_bytes();
+        b[32..40].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert!(elf::check(&b[..], b.len() as u64).is_err());
+    }
 }

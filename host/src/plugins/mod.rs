@@ -3,6 +3,7 @@
 
 mod host_services;
 mod loader;
+pub mod schema;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -15,6 +16,7 @@ use kiln_plugin_api::ErrorCode;
 use serde::Serialize;
 
 pub use host_services::{HostContext, JobContextImpl};
+pub use schema::Schema;
 
 use crate::config::{Config, ConfigError};
 
@@ -54,6 +56,12 @@ pub struct PluginStatus {
     pub status: Status,
     /// Why it was skipped or failed.
     pub reason: Option<String>,
+    /// Its capability names, once described.
+    pub capabilities: Vec<&'static str>,
+    /// Calls the host runs at once in it (0 until described: the host's default).
+    pub max_concurrency: u32,
+    /// The attributes it declares, once described (`null`: it declares none).
+    pub attributes: Schema,
     /// The id the file itself declares, once described.
     #[serde(skip)]
     pub declared_id: Option<String>,
@@ -73,6 +81,8 @@ pub struct LoadedPlugin {
     pub capabilities: Capabilities,
     /// At most this many calls at once.
     pub max_concurrency: u32,
+    /// The attributes it declares; checked before each `identifier` call.
+    pub schema: Schema,
     /// The source object inside the plugin.
     pub source: SourceBox,
     poisoned: AtomicBool,
@@ -127,6 +137,9 @@ pub fn load(
             schemes: Vec::new(),
             status: Status::Failed,
             reason: None,
+            capabilities: Vec::new(),
+            max_concurrency: 0,
+            attributes: Schema::default(),
             declared_id: None,
         };
         if pc.disabled {
@@ -135,7 +148,7 @@ pub fn load(
             continue;
         }
         let started = std::time::Instant::now();
-        match load_one(pc, host, opts, &mut status) {
+        match load_one(pc, config, host, opts, &mut status) {
             Ok(plugin) => {
                 status.status = Status::Loaded;
                 tracing::debug!(plugin = %pc.id, elapsed = ?started.elapsed(), "plugin loaded");
@@ -220,6 +233,7 @@ fn config_error(config: &Config, msg: String) -> ConfigError {
 
 fn load_one(
     pc: &crate::config::PluginConfig,
+    config: &Config,
     host: &Arc<HostContext>,
     opts: LoadOptions,
     status: &mut PluginStatus,
@@ -246,6 +260,13 @@ fn load_one(
     status.declared_id = Some(d.id.to_string());
     status.version = Some(d.version.to_string());
     status.schemes = d.schemes.iter().map(|s| s.to_string()).collect();
+    status.capabilities = Capabilities(d.capabilities).names();
+    status.max_concurrency = if d.max_concurrency == 0 {
+        DEFAULT_MAX_CONCURRENCY
+    } else {
+        d.max_concurrency
+    };
+    status.attributes = Schema::from_extra(&d.extra);
     if d.id.as_str() != pc.id {
         return Err(failed(format!(
             "the file declares plugin id {:?}, but it is configured as {:?}",
@@ -270,17 +291,62 @@ fn load_one(
             version: d.version.to_string(),
             schemes: status.schemes.clone(),
             capabilities: Capabilities(d.capabilities),
-            max_concurrency: if d.max_concurrency == 0 {
-                DEFAULT_MAX_CONCURRENCY
-            } else {
-                d.max_concurrency
-            },
+            max_concurrency: status.max_concurrency,
+            schema: status.attributes.clone(),
             source,
             poisoned: AtomicBool::new(false),
         }),
         RResult::RErr(e) if e.code == ErrorCode::SKIP => {
             Err((Status::Skipped, e.message.to_string()))
         }
+        RResult::RErr(e) if e.code == ErrorCode::INVALID_CONFIG => {
+            Err(failed(config_error_message(config, &pc.id, &e.message)))
+        }
         RResult::RErr(e) => Err(failed(format!("{}: {}", e.code, e.message))),
     }
+}
+
+/// A plugin's `invalid config` error, pointed at the line and column in `kiln.toml` of
+/// the key it is about (see [`kiln_plugin_api::config_error`]), or of the plugin's
+/// `config` table when it names no key it can be found by.
+fn config_error_message(config: &Config, id: &str, message: &str) -> String {
+    let (key, rest) = kiln_plugin_api::config_error_key(message).unwrap_or(("", message));
+    let at = locate_config_key(&config.text, id, key)
+        .map(|(line, col)| format!(" at line {line}, column {col}"))
+        .unwrap_or_default();
+    let what = if key.is_empty() {
+        "config".to_string()
+    } else {
+        format!("config key `{key}`")
+    };
+    let rest = rest.strip_prefix("config: ").unwrap_or(rest);
+    format!(
+        "invalid config: {}{at}: plugin {id:?}: {what}: {rest}",
+        config.source
+    )
+}
+
+/// The 1-based line and column in `text` of `[plugins."ID".config]` key `key` (a
+/// dotted path): the deepest part of the path that exists, else the `config` key,
+/// else the plugin's own key.
+fn locate_config_key(text: &str, id: &str, key: &str) -> Option<(usize, usize)> {
+    use toml_edit::{ImDocument, Item};
+    let doc = ImDocument::parse(text).ok()?;
+    let (plugin_key, plugin) = doc
+        .get_key_value("plugins")?
+        .1
+        .as_table_like()?
+        .get_key_value(id)?;
+    let mut span = plugin_key.span().or_else(|| plugin.span());
+    let mut cur: &Item = plugin;
+    let segments = std::iter::once("config").chain(key.split('.').filter(|s| !s.is_empty()));
+    for seg in segments {
+        let seg = seg.trim().trim_matches('"');
+        let Some((k, item)) = cur.as_table_like().and_then(|t| t.get_key_value(seg)) else {
+            break;
+        };
+        span = k.span().or_else(|| item.span()).or(span);
+        cur = item;
+    }
+    span.map(|s| crate::config::line_col(text, s.start))
 }

@@ -4,6 +4,7 @@
 //! in the node, and concurrent callers wait for it). Across processes, a per-key file
 //! lock makes the first one build and the others find its result.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -11,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use crate::build::op::OpDef;
-use crate::build::Action;
+use crate::build::{Action, RunStep};
 use crate::contenthash::{ContentHasher, Selector, TreeHash};
 use crate::job::Job;
 use crate::progress::{Progress, StepEvent};
@@ -106,6 +107,7 @@ async fn run(node: &Node, ctx: &Arc<Ctx>, inputs: &[Arc<NodeResult>]) -> Res<Nod
             .await
         }
         NodeKind::Merge { def } => operation(node, ctx, def, inputs, Exec::Merge).await,
+        NodeKind::Run { def, step } => operation(node, ctx, def, inputs, Exec::Run(step)).await,
     }
 }
 
@@ -228,13 +230,18 @@ async fn commit(
     .await
 }
 
-fn cached(hit: Hit, source: Option<(String, Option<String>)>) -> NodeResult {
+fn cached(
+    hit: Hit,
+    source: Option<(String, Option<String>)>,
+    opts: BTreeMap<String, String>,
+) -> NodeResult {
     NodeResult {
         key: hit.effective,
         snapshot: hit.snapshot,
         path: hit.path,
         cached: true,
         source,
+        opts,
     }
 }
 
@@ -244,15 +251,18 @@ async fn source(node: &Node, ctx: &Arc<Ctx>, op: SourceOp) -> Res<NodeResult> {
     let identifier = op.identifier().canonical.clone();
     let mut keys: Vec<String> = Vec::new();
     let mut session = false;
+    // The plugin's opts of every index asked (index 0 is always asked, hit or miss).
+    let mut opts: BTreeMap<String, String> = BTreeMap::new();
     for index in 0..16u32 {
         let cm = op
             .cache_map(index, &ctx.job, step)
             .await
             .map_err(|e| e.message)?;
+        opts.extend(cm.opts.iter().cloned());
         if is_random(&cm.digest) {
             session = true;
         } else {
-            let key = root_key(&cm.digest, 0);
+            let key = root_key(&cm.index_digest, 0);
             // BuildKit's rule: a later index is computed only on a miss of this one.
             if !ctx.no_cache {
                 if let Some(hit) = lookup(&ctx.store, &key, true).await? {
@@ -261,7 +271,7 @@ async fn source(node: &Node, ctx: &Arc<Ctx>, op: SourceOp) -> Res<NodeResult> {
                         all.push(key);
                         save(&ctx.store, all, &hit.snapshot, &hit.effective).await?;
                     }
-                    return Ok(cached(hit, Some((identifier, op.pin()))));
+                    return Ok(cached(hit, Some((identifier, op.pin())), opts));
                 }
             }
             keys.push(key);
@@ -275,7 +285,7 @@ async fn source(node: &Node, ctx: &Arc<Ctx>, op: SourceOp) -> Res<NodeResult> {
     }
 
     if session || keys.is_empty() {
-        return session_source(node, ctx, &op, identifier).await;
+        return session_source(node, ctx, &op, identifier, opts).await;
     }
 
     // The strongest key is the lock and the key dependents build on.
@@ -284,7 +294,7 @@ async fn source(node: &Node, ctx: &Arc<Ctx>, op: SourceOp) -> Res<NodeResult> {
     if !ctx.no_cache {
         if let Some(hit) = lookup(&ctx.store, &strongest, false).await? {
             save(&ctx.store, keys, &hit.snapshot, &hit.effective).await?;
-            return Ok(cached(hit, Some((identifier, op.pin()))));
+            return Ok(cached(hit, Some((identifier, op.pin())), opts));
         }
     }
     ctx.progress.step(step, StepEvent::Start);
@@ -311,6 +321,7 @@ async fn source(node: &Node, ctx: &Arc<Ctx>, op: SourceOp) -> Res<NodeResult> {
         path,
         cached: false,
         source: Some((identifier, pin)),
+        opts,
     })
 }
 
@@ -322,6 +333,7 @@ async fn session_source(
     ctx: &Arc<Ctx>,
     op: &SourceOp,
     identifier: String,
+    opts: BTreeMap<String, String>,
 ) -> Res<NodeResult> {
     let step = node.name.as_str();
     let staging = stage(&ctx.store).await?;
@@ -339,7 +351,7 @@ async fn session_source(
         if let Some(hit) = lookup(&ctx.store, &key, false).await? {
             ctx.hasher.insert(hit.snapshot.as_str(), tree);
             drop(staging);
-            return Ok(cached(hit, source));
+            return Ok(cached(hit, source, opts));
         }
     }
     ctx.progress.step(step, StepEvent::Start);
@@ -357,6 +369,7 @@ async fn session_source(
         path,
         cached: false,
         source,
+        opts,
     })
 }
 
@@ -364,6 +377,8 @@ enum Exec<'a> {
     /// Actions, and whether input 0 is the base.
     File(&'a [Action], bool),
     Merge,
+    /// A command, then its actions.
+    Run(&'a RunStep),
 }
 
 /// The checksum of what `selectors` name in an input, memoised in the snapshot's
@@ -421,7 +436,7 @@ async fn operation(
     let reads_by_path = def.selectors.iter().any(Option::is_some);
     if !ctx.no_cache {
         if let Some(hit) = lookup(&ctx.store, &fast, reads_by_path).await? {
-            return Ok(cached(hit, None));
+            return Ok(cached(hit, None, BTreeMap::new()));
         }
     }
 
@@ -445,7 +460,7 @@ async fn operation(
     if let (Some(slow), false) = (&slow, ctx.no_cache) {
         if let Some(hit) = lookup(&ctx.store, slow, false).await? {
             save(&ctx.store, vec![fast], &hit.snapshot, &hit.effective).await?;
-            return Ok(cached(hit, None));
+            return Ok(cached(hit, None, BTreeMap::new()));
         }
     }
 
@@ -453,7 +468,7 @@ async fn operation(
     if !ctx.no_cache {
         if let Some(hit) = lookup(&ctx.store, &effective, false).await? {
             save(&ctx.store, vec![fast], &hit.snapshot, &hit.effective).await?;
-            return Ok(cached(hit, None));
+            return Ok(cached(hit, None, BTreeMap::new()));
         }
     }
 
@@ -498,6 +513,32 @@ async fn operation(
             })
             .await?
         }
+        Exec::Run(run) => {
+            let run = run.clone();
+            let names = def.inputs.clone();
+            let (job, root) = (ctx.job.clone(), ctx.store.root().to_path_buf());
+            let (progress, name) = (ctx.progress.clone(), step.to_string());
+            let image_config = base_image_config(node, &ctx.store).await?;
+            blocking(move || {
+                let has_base = run.base.is_some();
+                let lookup = |n: &str| names.iter().position(|x| x == n).map(|i| paths[i].clone());
+                let inputs = super::run_step::RunInputs {
+                    base: has_base.then(|| paths[0].as_path()),
+                    trees: &lookup,
+                    image_config: image_config.as_ref(),
+                    root: &root,
+                    job: &job,
+                };
+                let out = StepLog {
+                    progress,
+                    step: name,
+                };
+                super::run_step::execute(&run, &inputs, &target, &cancel, &out)?;
+                crate::worker::apply(&run.actions, &target, &lookup, Some(&cancel))
+                    .map_err(|e| e.to_string())
+            })
+            .await?
+        }
     }
     let meta = SnapshotMeta {
         description: format!("step {step}"),
@@ -514,5 +555,53 @@ async fn operation(
         path,
         cached: false,
         source: None,
+        opts: BTreeMap::new(),
     })
+}
+
+/// Sends a run's output lines to the progress display as the step's log.
+struct StepLog {
+    progress: Arc<Progress>,
+    step: String,
+}
+
+impl crate::exec::OutputSink for StepLog {
+    fn line(&self, line: &str) {
+        self.progress
+            .step(&self.step, StepEvent::Log(line.to_string()));
+    }
+}
+
+/// The config of the image `node`'s base chain starts at (through the base of file and
+/// run steps and the bottom layer of merges), read from the content store; `None` when
+/// the chain starts at `scratch` or at a source that is no image.
+async fn base_image_config(node: &Node, store: &Arc<Store>) -> Res<Option<serde_json::Value>> {
+    let mut at: &Node = node;
+    for _ in 0..4096 {
+        let next = match &at.kind {
+            NodeKind::Source { .. } => break,
+            NodeKind::File { step, .. } if step.base.is_some() => at.inputs.first(),
+            NodeKind::Run { step, .. } if step.base.is_some() => at.inputs.first(),
+            NodeKind::Merge { def } => def.canonical["layers"]
+                .get(0)
+                .and_then(serde_json::Value::as_u64)
+                .and_then(|i| at.inputs.get(i as usize)),
+            _ => None,
+        };
+        match next {
+            Some(n) => at = n,
+            None => return Ok(None),
+        }
+    }
+    let Some(Ok(result)) = at.outcome.get() else {
+        return Ok(None);
+    };
+    let (store, name, result) = (store.clone(), at.name.clone(), result.clone());
+    let image = blocking(move || super::base::image_of(&store, &name, &result)).await?;
+    match image {
+        None => Ok(None),
+        Some(img) => serde_json::from_slice(&img.config)
+            .map(Some)
+            .map_err(|e| format!("base image {}: its config is not JSON: {e}", img.reference)),
+    }
 }

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 use tokio::sync::OnceCell;
 
 use crate::build::op::{self, OpDef};
-use crate::build::{Definition, FileStep, Step};
+use crate::build::{Definition, FileStep, RunStep, Step};
 use crate::source_manager::{SourceError, SourceIdentifier, SourceManager};
 use crate::store::SnapshotId;
 
@@ -25,6 +25,11 @@ pub(crate) struct NodeResult {
     pub cached: bool,
     /// For sources: the canonical identifier and the pin.
     pub source: Option<(String, Option<String>)>,
+    /// For sources: the `opts` of the plugin's cache-key answers (every index asked,
+    /// a later index's value winning), kept on cache hits too. An image source's
+    /// `image.ref`, `image.config` and `image.layers` describe the image
+    /// ([`super::base`]).
+    pub opts: BTreeMap<String, String>,
 }
 
 /// A failed vertex: the step that failed and why.
@@ -41,6 +46,7 @@ pub(crate) enum NodeKind {
     Source { id: SourceIdentifier },
     File { def: OpDef, step: FileStep },
     Merge { def: OpDef },
+    Run { def: OpDef, step: RunStep },
 }
 
 /// One vertex: BuildKit's shared state plus `sharedOp`. Its outcome is computed once.
@@ -131,6 +137,13 @@ pub(crate) async fn build_graph(
             Step::Merge(m) => {
                 let def = op::merge_op(m);
                 op_node(name, &by_name, scope, def, |def| NodeKind::Merge { def })
+            }
+            Step::Run(r) => {
+                let def = op::run_op(r);
+                op_node(name, &by_name, scope, def, |def| NodeKind::Run {
+                    def,
+                    step: r.clone(),
+                })
             }
         };
         by_name.insert(name, node.clone());

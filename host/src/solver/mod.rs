@@ -14,9 +14,11 @@
 //!
 //! The entry point is [`run_build`].
 
+pub mod base;
 mod exec;
 mod graph;
 pub mod keys;
+mod run_step;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -39,6 +41,10 @@ pub struct BuildOptions {
     pub file: PathBuf,
     /// `--local NAME=DIR`; a `local://NAME` without one uses the definition's folder.
     pub locals: HashMap<String, PathBuf>,
+    /// `--oci-layout NAME=DIR` (absolute, checked directories).
+    pub oci_layouts: HashMap<String, PathBuf>,
+    /// `--ssh ID=SOCKET` (ssh-agent sockets).
+    pub ssh: HashMap<String, PathBuf>,
     /// `--secret` values by id. Never logged.
     pub secrets: HashMap<String, Vec<u8>>,
     /// `--output` specs, parsed.
@@ -63,6 +69,10 @@ pub struct SourceRecord {
     /// The pin; absent for session sources such as `local://`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pin: Option<String>,
+    /// For image sources: the image reference (without credentials), as the plugin
+    /// reported it in `image.ref`.
+    #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+    pub reference: Option<String>,
 }
 
 /// What a successful build did.
@@ -140,10 +150,19 @@ pub(crate) async fn build_with(
     }
     let locals = resolve_locals(&def, &opts.locals)?;
     let progress = Arc::new(Progress::stderr(opts.progress));
-    let job =
-        Arc::new(Job::new(opts.secrets.clone(), locals.clone()).with_progress(progress.clone()));
-
-    let scope = sharing_scope(root, &locals, opts.no_cache);
+    let job = Job::new(opts.secrets.clone(), locals)
+        .with_oci_layouts(opts.oci_layouts.clone())
+        .with_ssh(opts.ssh.clone())
+        .with_progress(progress.clone());
+    if def.steps.values().any(|s| matches!(s, Step::Run(_))) {
+        // Containers, mounts and bundles a killed kiln left behind go first.
+        let root = root.to_path_buf();
+        let _ = tokio::task::spawn_blocking(move || run_step::reap(&root)).await;
+    }
+    // Every named lookup separates shared vertices: an `oci-layout://NAME:TAG` resolves
+    // differently in another layout directory.
+    let scope = sharing_scope(root, &job.locals, opts.no_cache);
+    let job = Arc::new(job);
     let graph = graph::build_graph(&def, &sources, opts.platform.as_deref(), &scope)
         .await
         .map_err(|e| {
@@ -237,11 +256,12 @@ pub(crate) async fn build_with(
                 step: step.clone(),
                 identifier: identifier.clone(),
                 pin: pin.clone(),
+                reference: r.opts.get(base::OPT_REF).cloned(),
             })
         })
         .collect();
 
-    let exported = export_all(&opts, &def, &graph, &results, &store, &job).await?;
+    let exported = export_all(&opts, &def, &results, &store, &job).await?;
     progress.finish();
 
     let summary = BuildSummary {
@@ -331,13 +351,9 @@ fn hasher_for(root: &std::path::Path) -> Arc<ContentHasher> {
         .clone()
 }
 
-/// The snapshot metadata key under which an image source records its config JSON.
-const IMAGE_CONFIG_META: &str = "image.config";
-
 async fn export_all(
     opts: &BuildOptions,
     def: &Definition,
-    graph: &graph::Graph,
     results: &BTreeMap<String, Arc<graph::NodeResult>>,
     store: &Arc<crate::store::Store>,
     job: &Arc<Job>,
@@ -346,27 +362,17 @@ async fn export_all(
         return Ok(vec![]);
     }
     let out = results[&def.output].clone();
-    // The image config carries over from the source the output's base chain starts at.
-    let base_source = base_chain_source(def, &def.output);
-    let base_config = match base_source.and_then(|s| results.get(s)) {
-        Some(r) => {
-            let (store, id) = (store.clone(), r.snapshot.clone());
-            tokio::task::spawn_blocking(move || store.snapshot_metadata(&id))
-                .await
-                .map_err(|e| BuildError::Failed(e.to_string()))?
-                .map_err(|e| BuildError::Failed(e.to_string()))?
-                .remove(IMAGE_CONFIG_META)
-        }
-        None => None,
-    };
-    let _ = graph;
     let specs = opts.outputs.clone();
     let platform = opts.platform.clone();
     let cancel = job.cancel.clone();
+    let (store, def, results) = (store.clone(), def.clone(), results.clone());
     tokio::task::spawn_blocking(move || {
+        // The image the output derives from: its config and layers carry over.
+        let base = base::base_image(&store, &def, &results, &def.output)
+            .map_err(|e| BuildError::Failed(format!("export: {e}")))?;
         let eo = ExportOptions {
             platform: platform.as_deref(),
-            base_config: base_config.as_deref().map(str::as_bytes),
+            base: base.as_ref(),
             cancel: Some(&cancel),
         };
         specs
@@ -382,18 +388,6 @@ async fn export_all(
     .map_err(|e| BuildError::Failed(e.to_string()))?
 }
 
-/// Follows `base` (file steps) and the bottom layer (merges) down to a source step.
-fn base_chain_source<'a>(def: &'a Definition, mut step: &'a str) -> Option<&'a str> {
-    for _ in 0..def.steps.len() + 1 {
-        match def.steps.get(step)? {
-            Step::Source(_) => return Some(step),
-            Step::File(f) => step = f.base.as_deref()?,
-            Step::Merge(m) => step = m.inputs.first()?,
-        }
-    }
-    None
-}
-
 fn write_metadata(path: &std::path::Path, s: &BuildSummary) -> Result<(), BuildError> {
     let digest = s.exported.iter().flatten().next().cloned();
     let v = serde_json::json!({
@@ -403,15 +397,8 @@ fn write_metadata(path: &std::path::Path, s: &BuildSummary) -> Result<(), BuildE
         "containerimage.digest": digest,
     });
     let text = serde_json::to_string_pretty(&v).expect("JSON encodes");
-    let tmp = path.with_extension("tmp~");
-    std::fs::write(&tmp, text + "\n")
-        .and_then(|_| std::fs::rename(&tmp, path))
-        .map_err(|e| {
-            BuildError::Failed(format!(
-                "cannot write --metadata-file {}: {e}",
-                path.display()
-            ))
-        })
+    crate::export::write_output_file(path, (text + "\n").as_bytes())
+        .map_err(|e| BuildError::Failed(format!("cannot write --metadata-file: {e}")))
 }
 
 #[cfg(test)]

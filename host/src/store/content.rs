@@ -9,10 +9,10 @@
 //! renames the data into `content/blobs/sha256/<hex>`; on a mismatch nothing is stored and
 //! the ingest is removed.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
@@ -110,18 +110,18 @@ impl Store {
             .root
             .join("locks")
             .join(format!("ingest-{ref_hash}"));
-        let lock = FileLock::acquire_with(&lock_path, wait)?.expect("waiting lock returns a lock");
+        let lock = FileLock::acquire_with(&self.inner.root, &lock_path, wait)?
+            .expect("waiting lock returns a lock");
         let dir = self.inner.root.join("content/ingest").join(&ref_hash);
         fs::create_dir_all(&dir).ctx("create ingest directory", &dir)?;
         let data_path = dir.join("data");
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o644)
-            .open(&data_path)
-            .ctx("open ingest data", &data_path)?;
+        let mut file = super::beneath::open(
+            &self.inner.root,
+            &data_path,
+            libc::O_RDWR | libc::O_CREAT,
+            0o644,
+        )
+        .ctx("open ingest data", &data_path)?;
         let (hasher, offset) = hash_prefix(&mut file).ctx("read ingest data", &data_path)?;
         // Drop anything past what was read (a concurrent truncation cannot happen: we
         // hold the lock), and continue writing at the end.
@@ -222,7 +222,9 @@ impl Ingest {
     /// The validator stored with the partial data (e.g. the ETag it came from), if any.
     pub fn validator(&self) -> Result<Option<String>, StoreError> {
         let p = self.dir.join("validator");
-        match fs::read_to_string(&p) {
+        let read = super::beneath::open(&self.store.inner.root, &p, libc::O_RDONLY, 0)
+            .and_then(io::read_to_string);
+        match read {
             Ok(s) => Ok(Some(s)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(StoreError::io("read ingest validator", &p, e)),
@@ -233,7 +235,14 @@ impl Ingest {
     pub fn set_validator(&mut self, validator: &str) -> Result<(), StoreError> {
         let p = self.dir.join("validator");
         let tmp = self.dir.join("validator.tmp");
-        fs::write(&tmp, validator).ctx("write ingest validator", &tmp)?;
+        super::beneath::open(
+            &self.store.inner.root,
+            &tmp,
+            libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC,
+            0o644,
+        )
+        .and_then(|mut f| f.write_all(validator.as_bytes()))
+        .ctx("write ingest validator", &tmp)?;
         fs::rename(&tmp, &p).ctx("write ingest validator", &p)?;
         Ok(())
     }
@@ -241,14 +250,27 @@ impl Ingest {
     /// Discards the data and validator; the ingest starts again at offset 0.
     pub fn reset(&mut self) -> Result<(), StoreError> {
         let data_path = self.data_path.clone();
-        let file = self.file_mut()?;
-        file.flush().ctx("write ingest data", &data_path)?;
-        let f = file.get_mut();
-        f.set_len(0).ctx("truncate ingest data", &data_path)?;
-        f.seek(SeekFrom::Start(0))
-            .ctx("seek ingest data", &data_path)?;
+        // What is still buffered is discarded, not flushed: the data is being thrown
+        // away, and on a full disk the flush is what fails (ENOSPC), which must not
+        // stop the truncation that frees the space.
+        let Some(buffered) = self.file.take() else {
+            return Err(StoreError::io(
+                "write ingest data",
+                &data_path,
+                io::Error::other("the ingest was already finished"),
+            ));
+        };
+        let (mut f, _discarded) = buffered.into_parts();
+        let truncated = f
+            .set_len(0)
+            .and_then(|_| f.seek(SeekFrom::Start(0)).map(|_| ()));
+        self.file = Some(BufWriter::with_capacity(BUF, f));
+        truncated.ctx("truncate ingest data", &data_path)?;
         self.hasher = Sha256::new();
         self.offset = 0;
+        // The writeback mark is an offset too: a reset after a megabyte or more had
+        // been written would otherwise underflow `offset - writeback_from`.
+        self.writeback_from = 0;
         let p = self.dir.join("validator");
         match fs::remove_file(&p) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => {
@@ -381,17 +403,6 @@ impl Ingest {
     fn remove_dir(&mut self) {
         self.file = None;
         let _ = fsutil::remove_tree(&self.dir);
-    }
-
-    fn file_mut(&mut self) -> Result<&mut BufWriter<File>, StoreError> {
-        match self.file.as_mut() {
-            Some(f) => Ok(f),
-            None => Err(StoreError::io(
-                "write ingest data",
-                &self.data_path,
-                io::Error::other("the ingest was already finished"),
-            )),
-        }
     }
 }
 

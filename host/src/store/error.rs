@@ -20,7 +20,7 @@ pub enum StoreError {
         source: io::Error,
     },
     /// A database operation failed.
-    #[error("store database {}: cannot {action}: {source}", path.display())]
+    #[error("store database {}: cannot {action}: {source}{}", path.display(), no_space_hint(path, source))]
     Db {
         /// What was being done, e.g. "save cache result".
         action: &'static str,
@@ -93,6 +93,30 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// Whether this error comes from a full disk: ENOSPC/EDQUOT, SQLite's "database or
+    /// disk is full", or an SQLite I/O error while the file system holding `root` has
+    /// no space left.
+    pub fn is_no_space(&self, root: &Path) -> bool {
+        match self {
+            StoreError::Io { source, .. } => {
+                matches!(
+                    source.raw_os_error(),
+                    Some(libc::ENOSPC) | Some(libc::EDQUOT)
+                )
+            }
+            StoreError::Db { source, .. } => match source.sqlite_error_code() {
+                Some(rusqlite::ErrorCode::DiskFull) => true,
+                Some(
+                    rusqlite::ErrorCode::SystemIoFailure
+                    | rusqlite::ErrorCode::CannotOpen
+                    | rusqlite::ErrorCode::DatabaseBusy,
+                ) => super::reserve::disk_full(root),
+                _ => false,
+            },
+            _ => false,
+        }
+    }
+
     /// Builds an [`StoreError::Io`] for `path`.
     pub(crate) fn io(action: &'static str, path: &Path, source: io::Error) -> Self {
         StoreError::Io {
@@ -100,6 +124,23 @@ impl StoreError {
             path: path.to_path_buf(),
             source,
         }
+    }
+}
+
+/// ": no space left on device …" when SQLite failed for lack of space.
+fn no_space_hint(db: &Path, e: &rusqlite::Error) -> &'static str {
+    let root = db.parent().unwrap_or(db);
+    let full = match e.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::DiskFull) => true,
+        Some(rusqlite::ErrorCode::SystemIoFailure | rusqlite::ErrorCode::CannotOpen) => {
+            super::reserve::disk_full(root)
+        }
+        _ => false,
+    };
+    if full {
+        " (no space left on device: run `kiln cache prune` or free space on that disk)"
+    } else {
+        ""
     }
 }
 

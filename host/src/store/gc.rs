@@ -206,7 +206,8 @@ impl fmt::Display for PruneReport {
 }
 
 /// Whether owners are alive, probed once per owner.
-struct Owners<'a> {
+pub(super) struct Owners<'a> {
+    root: &'a Path,
     dir: PathBuf,
     me: &'a str,
     known: HashMap<String, bool>,
@@ -215,8 +216,9 @@ struct Owners<'a> {
 }
 
 impl<'a> Owners<'a> {
-    fn new(store: &'a Store, reap: bool) -> Self {
+    pub(super) fn new(store: &'a Store, reap: bool) -> Self {
         Owners {
+            root: &store.inner.root,
             dir: store.inner.root.join("locks/owners"),
             me: &store.inner.owner,
             known: HashMap::new(),
@@ -224,7 +226,7 @@ impl<'a> Owners<'a> {
         }
     }
 
-    fn alive(&mut self, owner: &str) -> Result<bool, StoreError> {
+    pub(super) fn alive(&mut self, owner: &str) -> Result<bool, StoreError> {
         if owner == self.me {
             return Ok(true);
         }
@@ -235,7 +237,7 @@ impl<'a> Owners<'a> {
             false
         } else {
             let path = self.dir.join(owner);
-            match FileLock::try_existing(&path)? {
+            match FileLock::try_existing(self.root, &path)? {
                 Some(lock) => {
                     if self.reap {
                         lock.remove();
@@ -409,6 +411,15 @@ impl Store {
     /// Removes what no live build uses, as `opts` says (see the module docs).
     pub fn prune(&self, opts: PruneOptions) -> Result<PruneReport, StoreError> {
         let root = self.inner.root.clone();
+        // Room for SQLite's log on a full disk; made again below once space is freed.
+        super::reserve::release(&root);
+        let result = self.prune_inner(&root, opts);
+        super::reserve::ensure(&root);
+        result
+    }
+
+    fn prune_inner(&self, root: &Path, opts: PruneOptions) -> Result<PruneReport, StoreError> {
+        let root = root.to_path_buf();
         let mut report = PruneReport::default();
         let mut owners = Owners::new(self, true);
         let now = fsutil::now_secs();
@@ -418,7 +429,7 @@ impl Store {
         // Dead owners' `.new-` lock files (a process killed inside Store::open).
         for (name, path, meta) in list_dir(&root.join("locks/owners"))? {
             if name.starts_with(".new-") && now - fsutil::mtime_secs(&meta) > STALE_NEW_OWNER {
-                if let Some(lock) = FileLock::try_existing(&path)? {
+                if let Some(lock) = FileLock::try_existing(&root, &path)? {
                     lock.remove();
                 }
             }
@@ -604,7 +615,7 @@ impl Store {
                 continue;
             }
             let lock_path = root.join("locks").join(format!("ingest-{name}"));
-            if let Some(lock) = FileLock::try_acquire(&lock_path)? {
+            if let Some(lock) = FileLock::try_acquire(&root, &lock_path)? {
                 report.ingests.add(size_of(&path)?);
                 fsutil::remove_tree(&path).ctx("remove partial download", &path)?;
                 lock.remove();
@@ -617,8 +628,12 @@ impl Store {
                 || name
                     .strip_prefix("ingest-")
                     .is_some_and(|h| !root.join("content/ingest").join(h).exists());
-            if removable {
-                if let Some(lock) = FileLock::try_existing(&path)? {
+            if removable && meta_is_symlink(&path) {
+                // Planted, never made by kiln (lock files are opened without following
+                // links): remove the link itself.
+                fs::remove_file(&path).ctx("remove symlinked lock file", &path)?;
+            } else if removable {
+                if let Some(lock) = FileLock::try_existing(&root, &path)? {
                     lock.remove();
                 }
             }
@@ -634,4 +649,40 @@ impl Store {
             None => Ok(report),
         }
     }
+}
+
+/// Removes the staging and trash directories of dead owners under `<root>/tmp/`
+/// without the database: the way to free space when the disk is too full for SQLite
+/// to open (these directories have no rows). Returns the bytes freed.
+pub(super) fn remove_dead_staging(root: &Path) -> u64 {
+    let mut freed = 0;
+    let Ok(entries) = list_dir(&root.join("tmp")) else {
+        return 0;
+    };
+    for (name, path, _) in entries {
+        let owner = tmp_owner(&name);
+        if owner.is_empty() || !owner.bytes().all(|b| b.is_ascii_hexdigit()) {
+            continue;
+        }
+        let lock_path = root.join("locks/owners").join(owner);
+        let dead = match FileLock::try_existing(root, &lock_path) {
+            // We got the lock: its holder is gone.
+            Ok(Some(_)) => true,
+            // Held (alive), or missing (dead).
+            Ok(None) => !lock_path.exists(),
+            Err(_) => false,
+        };
+        if dead {
+            let bytes = size_of(&path).unwrap_or(0);
+            if fsutil::remove_tree(&path).is_ok() {
+                freed += bytes;
+            }
+        }
+    }
+    freed
+}
+
+/// Whether `path` itself is a symlink (not followed).
+fn meta_is_symlink(path: &Path) -> bool {
+    fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink())
 }

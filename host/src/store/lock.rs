@@ -10,14 +10,15 @@
 //! and starts over if not. So "I hold the lock on this path" is always true of the file
 //! currently at the path.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use super::beneath;
 use super::error::{IoContext, StoreError};
 
 /// How often a cancellable wait polls for the lock.
@@ -42,21 +43,21 @@ pub(crate) enum Wait<'a> {
 }
 
 impl FileLock {
-    /// Takes the lock on `path` (creating the file), blocking while another holder has it.
-    pub fn acquire(path: &Path) -> Result<FileLock, StoreError> {
-        Ok(Self::acquire_with(path, Wait::Block)?.expect("blocking lock returns a lock"))
+    /// Takes the lock on `path` under the kiln root `root` (creating the file), blocking while another holder has it.
+    pub fn acquire(root: &Path, path: &Path) -> Result<FileLock, StoreError> {
+        Ok(Self::acquire_with(root, path, Wait::Block)?.expect("blocking lock returns a lock"))
     }
 
     /// Takes the lock on `path` if it is free now; `None` if someone else holds it.
-    pub fn try_acquire(path: &Path) -> Result<Option<FileLock>, StoreError> {
-        Self::acquire_with(path, Wait::No)
+    pub fn try_acquire(root: &Path, path: &Path) -> Result<Option<FileLock>, StoreError> {
+        Self::acquire_with(root, path, Wait::No)
     }
 
     /// Takes the lock on an existing file only; `None` if the file does not exist or is
     /// held by someone else. Used to probe other processes' locks without creating files.
-    pub(crate) fn try_existing(path: &Path) -> Result<Option<FileLock>, StoreError> {
+    pub(crate) fn try_existing(root: &Path, path: &Path) -> Result<Option<FileLock>, StoreError> {
         loop {
-            let file = match OpenOptions::new().read(true).open(path) {
+            let file = match beneath::open(root, path, libc::O_RDONLY, 0) {
                 Ok(f) => f,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
                 Err(e) => return Err(StoreError::io("open lock file", path, e)),
@@ -74,18 +75,14 @@ impl FileLock {
     }
 
     pub(crate) fn acquire_with(
+        root: &Path,
         path: &Path,
         wait: Wait<'_>,
     ) -> Result<Option<FileLock>, StoreError> {
         loop {
-            let file = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .mode(0o644)
-                .custom_flags(libc::O_CLOEXEC)
-                .open(path)
+            // Relative to the root, refusing symlinks: a planted link must not make
+            // kiln create a file elsewhere.
+            let file = beneath::open(root, path, libc::O_RDWR | libc::O_CREAT, 0o644)
                 .ctx("open lock file", path)?;
             let locked = match wait {
                 Wait::Block => flock(&file, libc::LOCK_EX).ctx("lock", path)?,

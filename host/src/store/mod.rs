@@ -46,6 +46,7 @@
 //! All calls block (file I/O, flock, SQLite); async code calls them on tokio's blocking
 //! pool.
 
+mod beneath;
 mod cache;
 mod content;
 mod db;
@@ -53,7 +54,9 @@ mod error;
 mod fsutil;
 mod gc;
 mod lock;
+mod reserve;
 mod snapshot;
+mod verify;
 
 #[cfg(test)]
 mod tests;
@@ -72,7 +75,8 @@ pub use content::{BlobInfo, Ingest, IngestRecord};
 pub use error::StoreError;
 pub use gc::{DuReport, PruneOptions, PruneReport, Usage};
 pub use lock::FileLock;
-pub use snapshot::{SnapshotId, SnapshotInfo, SnapshotMeta, Staging};
+pub use snapshot::{SnapshotId, SnapshotInfo, SnapshotMeta, Staging, CONTENT_HASH_META};
+pub use verify::VerifyReport;
 
 use error::IoContext;
 use lock::Wait;
@@ -128,7 +132,7 @@ impl Store {
             "git",
         ] {
             let p = root.join(dir);
-            fs::create_dir_all(&p).ctx("create directory", &p)?;
+            beneath::create_dirs(&root, dir).ctx("create directory", &p)?;
         }
 
         // Become an owner: lock a fresh file under a temporary name, then rename it into
@@ -136,14 +140,33 @@ impl Store {
         let owner = fsutil::random_hex(12);
         let owners = root.join("locks/owners");
         let tmp_name = owners.join(format!(".new-{owner}"));
-        let lock = FileLock::try_acquire(&tmp_name)?
+        let lock = FileLock::try_acquire(&root, &tmp_name)?
             .expect("a freshly named lock file is not held by anyone");
         let final_name = owners.join(&owner);
         fs::rename(&tmp_name, &final_name).ctx("rename owner lock into", &final_name)?;
         let lock = lock.renamed(final_name);
 
         let db_path = root.join("kiln.db");
-        let conn = db::open(&db_path)?;
+        let conn = match db::open(&db_path) {
+            // A full disk leaves SQLite no room for its log: free the reserve and
+            // try once more, so that at least `kiln cache prune` can run.
+            Err(e) if e.is_no_space(&root) => {
+                // Staging of dead builds has no rows: it can go before the database
+                // opens.
+                let freed =
+                    reserve::release(&root) as u64 * reserve::SIZE + gc::remove_dead_staging(&root);
+                if freed == 0 {
+                    return Err(e);
+                }
+                tracing::warn!(
+                    "the disk holding {} is full: freed {freed} bytes (kiln's space reserve and dead builds' staging); run `kiln cache prune` to free more",
+                    root.display()
+                );
+                db::open(&db_path)?
+            }
+            r => r?,
+        };
+        reserve::ensure(&root);
         let inner = Inner {
             root,
             db_path,
@@ -195,7 +218,11 @@ impl Store {
     pub fn plugin_state_dir_in(root: &Path, id: &str) -> Result<PathBuf, StoreError> {
         check_plain_name("plugin id", id)?;
         let p = root.join("plugins").join(id);
-        fs::create_dir_all(&p).ctx("create plugin state directory", &p)?;
+        // The root as named (it may sit behind a link), then nothing through a planted
+        // link (`plugins` → elsewhere).
+        fs::create_dir_all(root).ctx("create store root", root)?;
+        beneath::create_dirs(root, &format!("plugins/{id}"))
+            .ctx("create plugin state directory", &p)?;
         Ok(p)
     }
 
@@ -204,7 +231,7 @@ impl Store {
     /// Typical use: lock the cache key, look for a result, build only if none, save,
     /// unlock. Call from a blocking thread.
     pub fn lock_key(&self, name: &str) -> Result<KeyLock, StoreError> {
-        FileLock::acquire(&self.key_lock_path(name))
+        FileLock::acquire(&self.inner.root, &self.key_lock_path(name))
     }
 
     /// Like [`Store::lock_key`], but gives up with [`StoreError::Cancelled`] once
@@ -214,14 +241,17 @@ impl Store {
         name: &str,
         cancel: &AtomicBool,
     ) -> Result<KeyLock, StoreError> {
-        let lock =
-            FileLock::acquire_with(&self.key_lock_path(name), Wait::Cancellable(cancel, name))?;
+        let lock = FileLock::acquire_with(
+            &self.inner.root,
+            &self.key_lock_path(name),
+            Wait::Cancellable(cancel, name),
+        )?;
         Ok(lock.expect("a cancellable wait returns a lock or an error"))
     }
 
     /// Takes the lock named `name` only if it is free now.
     pub fn try_lock_key(&self, name: &str) -> Result<Option<KeyLock>, StoreError> {
-        FileLock::try_acquire(&self.key_lock_path(name))
+        FileLock::try_acquire(&self.inner.root, &self.key_lock_path(name))
     }
 
     fn key_lock_path(&self, name: &str) -> PathBuf {

@@ -103,6 +103,12 @@ pub struct SnapshotInfo {
     pub description: String,
 }
 
+/// The metadata key under which [`Store::commit`] records a snapshot's content hash
+/// (`sha256:<hex>`, the contenthash of its whole tree). Reserved: callers' metadata
+/// under this key is replaced, and [`Store::snapshot_metadata`] leaves it out (read it
+/// with [`Store::snapshot_content_hash`]).
+pub const CONTENT_HASH_META: &str = "kiln.contenthash";
+
 /// A staging directory being filled. Dropping it without [`Store::commit`] removes it.
 #[derive(Debug)]
 pub struct Staging {
@@ -166,6 +172,11 @@ impl Store {
             fsutil::flush_tree(&staging.path, entries)
                 .ctx("flush staging directory", &staging.path)?;
         }
+        // The tree's content hash (BuildKit's contenthash of "/"), recorded so that
+        // `kiln cache verify` can tell a tree changed on disk after its commit.
+        let content_hash = crate::contenthash::TreeHash::compute(&staging.path)
+            .map_err(|e| StoreError::io("hash staging directory", &e.path, e.source))?
+            .root_digest();
         let id = SnapshotId::new_random();
         let dest = self.snapshot_dir(&id);
         let owner = self.inner.owner.clone();
@@ -192,6 +203,11 @@ impl Store {
                     )
                     .map_err(db)?;
                         }
+                        tx.execute(
+                            "INSERT OR REPLACE INTO snapshot_meta(snapshot_id, key, value) VALUES (?1, ?2, ?3)",
+                            params![id.as_str(), CONTENT_HASH_META, content_hash],
+                        )
+                        .map_err(db)?;
                         for b in &meta.blobs {
                             tx.execute(
                         "INSERT OR IGNORE INTO snapshot_blobs(snapshot_id, digest) VALUES (?1, ?2)",
@@ -307,10 +323,26 @@ impl Store {
         id: &SnapshotId,
     ) -> Result<BTreeMap<String, String>, StoreError> {
         self.inner.read("read snapshot metadata", |c| {
-            let mut st =
-                c.prepare("SELECT key, value FROM snapshot_meta WHERE snapshot_id = ?1")?;
-            let rows = st.query_map(params![id.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            let mut st = c.prepare(
+                "SELECT key, value FROM snapshot_meta WHERE snapshot_id = ?1 AND key != ?2",
+            )?;
+            let rows = st.query_map(params![id.as_str(), CONTENT_HASH_META], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?;
             rows.collect()
+        })
+    }
+
+    /// The content hash recorded when the snapshot was committed (`None` for one
+    /// committed by a kiln that did not record it, or an unknown id).
+    pub fn snapshot_content_hash(&self, id: &SnapshotId) -> Result<Option<String>, StoreError> {
+        self.inner.read("read snapshot content hash", |c| {
+            c.query_row(
+                "SELECT value FROM snapshot_meta WHERE snapshot_id = ?1 AND key = ?2",
+                params![id.as_str(), CONTENT_HASH_META],
+                |r| r.get(0),
+            )
+            .optional()
         })
     }
 

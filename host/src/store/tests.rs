@@ -382,6 +382,25 @@ fn ingest_killed_with_sigkill_resumes_on_next_run() {
 }
 
 #[test]
+fn a_resumed_ingest_can_be_reset_and_written_again() {
+    // Resumed at 3 MiB, then reset (the server answered 200 to the range request):
+    // the next write must not underflow the writeback mark.
+    let t = TempDir::new();
+    let s = Store::open(t.path()).unwrap();
+    let data = pattern(3 << 20);
+    {
+        let mut ing = s.ingest("resumed").unwrap();
+        ing.write_all(&data).unwrap();
+    }
+    let mut ing = s.ingest("resumed").unwrap();
+    assert_eq!(ing.offset(), data.len() as u64);
+    ing.reset().unwrap();
+    ing.write_all(&data[..(2 << 20)]).unwrap();
+    let blob = ing.commit(Some(&sha(&data[..(2 << 20)]))).unwrap();
+    assert_eq!(blob.size, 2 << 20);
+}
+
+#[test]
 fn ingest_reset_and_writes_through_the_data_path() {
     let t = TempDir::new();
     let s = Store::open(t.path()).unwrap();
@@ -477,6 +496,15 @@ fn stage_and_commit_a_snapshot() {
     s.set_snapshot_metadata(&id, "source.pin", "sha256:1")
         .unwrap();
     assert_eq!(s.snapshot_metadata(&id).unwrap().len(), 2);
+    // The content hash recorded at commit is the tree's contenthash.
+    assert_eq!(
+        s.snapshot_content_hash(&id).unwrap(),
+        Some(
+            crate::contenthash::TreeHash::compute(&path)
+                .unwrap()
+                .root_digest()
+        )
+    );
     assert!(entries(&t.path().join("tmp")).is_empty());
     assert_eq!(s.list_snapshots().unwrap().len(), 1);
     let unknown = SnapshotId::parse(&"0".repeat(32)).unwrap();

@@ -1,27 +1,43 @@
 //! kiln's git source plugin (`io.kiln.source.v1.git`, scheme `git`).
 //!
-//! This version parses and validates identifiers and attributes by BuildKit's rules
-//! ([`identifier`], [`url`], [`attrs`]); cache keys and snapshots answer
-//! `unsupported` until the fetching code lands next to these modules.
+//! BuildKit's git source (`../shared/reference/buildkit-sources.md` §3.4), hardened:
+//! identifiers and attributes ([`identifier`], [`url`], [`attrs`]), the git command
+//! line ([`cli`]), resolution ([`resolve`]), keys and pins ([`key`]), one shared bare
+//! repository per remote ([`repo`]), the checkout ([`checkout`]) and auth ([`auth`]).
 //!
-//! Configuration (`[plugins."io.kiln.source.v1.git".config]` in `kiln.toml`): no keys
-//! yet; an unknown key is an error.
+//! Configuration (`[plugins."io.kiln.source.v1.git".config]` in `kiln.toml`):
 //!
-//! The plugin is skipped (not failed) when the `git` program is not on `PATH`, as
+//! ```toml
+//! git = "/usr/bin/git"     # the git program (default: `git` on PATH)
+//! timeout_secs = 3600      # a git call running longer is killed (default 3600)
+//! ```
+//!
+//! The plugin is skipped (not failed) when the `git` program is not found, as
 //! BuildKit registers its git source only when `git version` runs.
 
 pub mod attrs;
+pub mod auth;
+pub mod checkout;
+pub mod cli;
 pub mod identifier;
+pub mod key;
+pub mod repo;
+pub mod resolve;
 pub mod url;
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use kiln_plugin_api::{
     export_plugin, parse_config, CacheKey, Capabilities, Host, Job, Plugin, PluginError,
     PluginInfo, Request, Result, Snapshot, Source, SourceInstance,
 };
 use serde::Deserialize;
+
+use crate::cli::GitCli;
+use crate::resolve::{Memo, Resolved};
 
 pub use identifier::{GitIdentifier, IdentifierError};
 
@@ -30,38 +46,67 @@ pub const PLUGIN_ID: &str = "io.kiln.source.v1.git";
 /// The scheme it serves.
 pub const SCHEME: &str = "git";
 
-/// The plugin's `config` table. No keys yet; unknown keys are refused.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct GitConfig {}
+/// The plugin's `config` table; unknown keys are refused.
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GitConfig {
+    /// The git program; default: `git` on `PATH`.
+    pub git: Option<PathBuf>,
+    /// Seconds after which a git call is killed.
+    pub timeout_secs: u64,
+}
+
+impl Default for GitConfig {
+    fn default() -> Self {
+        Self {
+            git: None,
+            timeout_secs: 3600,
+        }
+    }
+}
+
+/// What every step of this plugin shares.
+struct Shared {
+    git: PathBuf,
+    timeout: Duration,
+    state: PathBuf,
+    memo: Memo,
+}
 
 /// The git source.
 pub struct GitSource {
-    /// The `git` program found on `PATH` at start-up.
+    /// The `git` program found at start-up.
     pub git: PathBuf,
-    #[allow(dead_code)]
-    config: GitConfig,
+    shared: Arc<Shared>,
 }
 
 /// Finds the `git` program on `PATH` (or on `path` when given) without running it, so
 /// that loading the plugin costs no process start; returns its path, or a `skip` error
 /// saying what to install.
 pub fn find_git(path: Option<&OsStr>) -> Result<PathBuf> {
+    find_in(path, "git").ok_or_else(|| {
+        PluginError::skip(
+            "git not found on PATH; install git (e.g. `apt-get install git`) to use git sources",
+        )
+    })
+}
+
+/// Finds an executable `name` on `PATH`.
+pub fn find_program(name: &str) -> Option<PathBuf> {
+    find_in(None, name)
+}
+
+fn find_in(path: Option<&OsStr>, name: &str) -> Option<PathBuf> {
     use std::os::unix::fs::PermissionsExt;
     let path = path
         .map(OsStr::to_os_string)
         .or_else(|| std::env::var_os("PATH"))
         .unwrap_or_default();
     std::env::split_paths(&path)
-        .map(|dir| dir.join("git"))
+        .map(|dir| dir.join(name))
         .find(|p| {
             p.metadata()
                 .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        })
-        .ok_or_else(|| {
-            PluginError::skip(
-                "git not found on PATH; install git (e.g. `apt-get install git`) to use git sources",
-            )
         })
 }
 
@@ -75,40 +120,156 @@ impl Source for GitSource {
                 request.scheme
             )));
         }
-        GitIdentifier::parse(&request.reference, &request.attrs).map_err(|e| {
+        let id = GitIdentifier::parse(&request.reference, &request.attrs).map_err(|e| {
             PluginError::invalid_identifier(format!(
                 "git://{}: {e}",
                 url::redact(&request.reference)
             ))
-        })
+        })?;
+        if id.bundle.is_some() || id.checkout_bundle {
+            return Err(PluginError::unsupported(format!(
+                "{id}: git.bundle and git.checkoutbundle are not supported by this kiln"
+            )));
+        }
+        if id.signature.is_some() {
+            return Err(PluginError::unsupported(format!(
+                "{id}: git.sig.* signature verification is not supported by this kiln"
+            )));
+        }
+        Ok(id)
     }
 
     fn resolve(&self, id: GitIdentifier) -> Result<Box<dyn SourceInstance>> {
-        Ok(Box::new(GitStep { id }))
+        Ok(Box::new(GitStep {
+            id,
+            shared: self.shared.clone(),
+            chosen: Mutex::new(None),
+        }))
     }
 }
 
 /// One git source step.
 struct GitStep {
     id: GitIdentifier,
+    shared: Arc<Shared>,
+    /// The resolution the key was computed from; the snapshot checks it out.
+    chosen: Mutex<Option<Resolved>>,
 }
 
 impl GitStep {
-    fn unsupported(&self, what: &str) -> PluginError {
-        PluginError::unsupported(format!(
-            "git: {what} are not implemented yet in this kiln (identifier parsing only); cannot fetch {}",
-            self.id
-        ))
+    /// The hardened git with this job's auth (and the known-hosts file it needs).
+    fn cli(&self, job: &Job<'_>) -> Result<(GitCli, auth::Cleanup)> {
+        let mut cli = GitCli::new(self.shared.git.clone(), self.shared.timeout);
+        let cleanup = auth::apply(&mut cli, &self.id, job, &self.shared.state.join("tmp"))?;
+        Ok((cli, cleanup))
+    }
+
+    /// Resolves once per job (see [`Memo`]).
+    fn resolved(&self, cli: &GitCli, job: &Job<'_>) -> Result<Resolved> {
+        if let Some(r) = self
+            .chosen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+        {
+            return Ok(r);
+        }
+        let memo_key = format!(
+            "{}#{}#{}#{}",
+            self.id.remote.command_arg(),
+            self.id.reference,
+            self.id.checksum,
+            self.id.fetch_by_commit
+        );
+        let r = self
+            .shared
+            .memo
+            .get_or(&job.id(), &memo_key, || {
+                resolve::resolve(cli, &self.id, job)
+            })
+            .map_err(|e| e.context(&self.id))?;
+        resolve::check_checksum(&self.id.checksum, &r).map_err(|e| e.context(&self.id))?;
+        *self.chosen.lock().unwrap_or_else(|e| e.into_inner()) = Some(r.clone());
+        Ok(r)
     }
 }
 
 impl SourceInstance for GitStep {
-    fn cache_key(&self, _index: u32, _job: &Job<'_>) -> Result<CacheKey> {
-        Err(self.unsupported("cache keys and snapshots"))
+    fn cache_key(&self, _index: u32, job: &Job<'_>) -> Result<CacheKey> {
+        let (cli, _cleanup) = self.cli(job)?;
+        let r = self.resolved(&cli, job)?;
+        Ok(CacheKey {
+            key: key::cache_key(&self.id, &r),
+            pin: key::pin(&r),
+            done: true,
+            opts: Vec::new(),
+        })
     }
 
-    fn snapshot(&self, _dest: &Path, _job: &Job<'_>) -> Result<Snapshot> {
-        Err(self.unsupported("cache keys and snapshots"))
+    fn snapshot(&self, dest: &Path, job: &Job<'_>) -> Result<Snapshot> {
+        let (cli, _cleanup) = self.cli(job)?;
+        let r = self.resolved(&cli, job)?;
+        let fetch_task = format!("fetch {}", self.id.remote);
+        job.progress_start(&fetch_task, 0);
+        let report = |task: &str, cur: u64, total: u64| {
+            if task == "Receiving objects" {
+                job.progress_update(&fetch_task, cur, total)
+            }
+        };
+        let fetched = (|| {
+            let repo = repo::open(
+                &cli,
+                &self.shared.state,
+                &self.id,
+                r.commit.len() == 64,
+                job,
+            )?;
+            let local = repo::ensure(&cli, &repo, &self.id, &r, job, &report)?;
+            Ok::<_, PluginError>((repo, local))
+        })();
+        let (repo, local) = match fetched {
+            Ok(v) => {
+                job.progress_finish(&fetch_task, 0, None);
+                v
+            }
+            Err(e) => {
+                job.progress_finish(&fetch_task, 0, Some(&e.message));
+                return Err(e);
+            }
+        };
+        let checkout_task = format!("checkout {}", &r.commit[..12.min(r.commit.len())]);
+        job.progress_start(&checkout_task, 0);
+        let report = |task: &str, cur: u64, total: u64| {
+            if task == "Updating files" || task == "Receiving objects" {
+                job.progress_update(&checkout_task, cur, total)
+            }
+        };
+        let tmp = self.shared.state.join("tmp");
+        checkout::clean_stale(&tmp);
+        let done = checkout::Checkout {
+            cli: &cli,
+            repo: &repo,
+            id: &self.id,
+            resolved: &r,
+            local_ref: &local,
+            tmp: &tmp,
+            job,
+        }
+        .run(dest, &report);
+        job.progress_finish(
+            &checkout_task,
+            0,
+            done.as_ref().err().map(|e| e.message.as_str()),
+        );
+        done?;
+        Ok(Snapshot {
+            metadata: vec![
+                ("git.remote".into(), self.id.remote.to_string()),
+                ("git.ref".into(), r.fullref.clone()),
+                ("git.commit".into(), r.commit.clone()),
+                ("git.checksum".into(), r.checksum.clone()),
+            ],
+        })
     }
 }
 
@@ -123,11 +284,33 @@ impl Plugin for GitSource {
         }
     }
 
-    fn new(config: &str, _host: Host) -> Result<Self> {
+    fn new(config: &str, host: Host) -> Result<Self> {
         let config: GitConfig = parse_config(config)?;
-        let git = find_git(None)?;
+        let git = match &config.git {
+            Some(p) if p.is_file() => p.clone(),
+            Some(p) => {
+                return Err(PluginError::skip(format!(
+                    "the configured git program {} does not exist; install git (e.g. `apt-get install git`)",
+                    p.display()
+                )))
+            }
+            None => find_git(None)?,
+        };
+        if config.timeout_secs == 0 {
+            return Err(PluginError::invalid_config(
+                "timeout_secs must be at least 1",
+            ));
+        }
         tracing::debug!(git = %git.display(), "git source ready");
-        Ok(Self { git, config })
+        Ok(Self {
+            git: git.clone(),
+            shared: Arc::new(Shared {
+                git,
+                timeout: Duration::from_secs(config.timeout_secs),
+                state: host.state_dir(),
+                memo: Memo::default(),
+            }),
+        })
     }
 }
 
@@ -141,7 +324,12 @@ mod tests {
     fn source() -> GitSource {
         GitSource {
             git: PathBuf::from("git"),
-            config: GitConfig::default(),
+            shared: Arc::new(Shared {
+                git: PathBuf::from("git"),
+                timeout: Duration::from_secs(60),
+                state: PathBuf::from("/nonexistent"),
+                memo: Memo::default(),
+            }),
         }
     }
 
@@ -184,23 +372,9 @@ mod tests {
     }
 
     #[test]
-    fn cache_key_and_snapshot_say_unsupported() {
-        let id = source()
-            .identifier(&request("github.com/x/y.git", &[]))
-            .unwrap();
-        let step = GitStep { id };
-        let e = step.unsupported("cache keys and snapshots");
-        assert_eq!(e.code, ErrorCode::UNSUPPORTED);
-        assert!(e
-            .message
-            .contains("not implemented yet in this kiln (identifier parsing only)"));
-        assert!(e.message.contains("git://github.com/x/y.git"));
-    }
-
-    #[test]
     fn config_is_strict() {
         let c: GitConfig = parse_config("").unwrap();
-        let _ = c;
+        assert_eq!(c.timeout_secs, 3600);
         let e = parse_config::<GitConfig>("depth = 1\n").unwrap_err();
         assert_eq!(e.code, ErrorCode::INVALID_CONFIG);
         assert!(e.message.contains("depth"), "{}", e.message);

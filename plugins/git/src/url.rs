@@ -489,9 +489,12 @@ pub fn redact(text: &str) -> String {
     while let Some(pos) = rest.find("://") {
         let (head, tail) = rest.split_at(pos + 3);
         out.push_str(head);
+        // After the last character that cannot be in a scheme (which may be wider
+        // than one byte).
         let scheme_start = head[..pos]
-            .rfind(|c: char| !(c.is_ascii_alphanumeric() || "+.-".contains(c)))
-            .map_or(0, |i| i + 1);
+            .char_indices()
+            .rfind(|&(_, c)| !(c.is_ascii_alphanumeric() || "+.-".contains(c)))
+            .map_or(0, |(i, c)| i + c.len_utf8());
         let scheme = head[scheme_start..pos].to_ascii_lowercase();
         let end = tail.find(['/', '?', '#', ' ']).unwrap_or(tail.len());
         let authority = &tail[..end];

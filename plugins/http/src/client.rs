@@ -113,6 +113,10 @@ pub fn send(
         for (k, v) in extra {
             req = req.set(k, v);
         }
+        // The plugin decodes gzip itself (see `fetch`), so it asks for it itself.
+        if req.header("Accept-Encoding").is_none() {
+            req = req.set("Accept-Encoding", "gzip");
+        }
         let resp = match req.call() {
             Ok(r) => r,
             Err(ureq::Error::Status(code, r)) => {
@@ -166,6 +170,12 @@ pub fn send(
             url = next;
             continue;
         }
+        check_framing(&resp).map_err(|why| {
+            PluginError::new(
+                ErrorCode::NETWORK,
+                format!("{}: invalid response: {why}", redact_url(&url)),
+            )
+        })?;
         return Ok(Response { inner: resp, url });
     }
     Err(PluginError::new(
@@ -210,8 +220,47 @@ fn transport_error(url: &Url, t: &ureq::Transport) -> PluginError {
         ureq::ErrorKind::InvalidUrl
         | ureq::ErrorKind::UnknownScheme
         | ureq::ErrorKind::InvalidProxyUrl => PluginError::new(ErrorCode::INTERNAL, msg),
+        // Not HTTP, a malformed status line, too many or too long header fields: the
+        // server will answer the same way next time, so this is not retried.
+        ureq::ErrorKind::BadStatus | ureq::ErrorKind::BadHeader => {
+            PluginError::new(ErrorCode::NETWORK, format!("{msg} (not retried)"))
+        }
         _ => PluginError::network(msg),
     }
+}
+
+/// Checks how the response says its body ends (RFC 9112 §6.3): every `Content-Length`
+/// must be a plain decimal number that fits in 64 bits, several must agree, and a
+/// `Transfer-Encoding` must not come with one (a sign of response splitting).
+/// Returns the length, if given.
+pub fn check_framing(resp: &ureq::Response) -> std::result::Result<Option<u64>, String> {
+    let shown = |v: &str| -> String {
+        let s: String = v.chars().take(40).collect();
+        format!("{s:?}")
+    };
+    let mut length: Option<u64> = None;
+    for value in resp.all("Content-Length") {
+        // A list (`5, 5`) is allowed when its members agree.
+        for part in value.split(',') {
+            let part = part.trim_matches([' ', '\t']);
+            if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(format!("Content-Length {} is not a number", shown(value)));
+            }
+            let n: u64 = part
+                .parse()
+                .map_err(|_| format!("Content-Length {} is too large", shown(value)))?;
+            match length {
+                Some(l) if l != n => {
+                    return Err(format!("conflicting Content-Length values {l} and {n}"))
+                }
+                _ => length = Some(n),
+            }
+        }
+    }
+    if length.is_some() && resp.has("Transfer-Encoding") {
+        return Err("both Transfer-Encoding and Content-Length".into());
+    }
+    Ok(length)
 }
 
 /// `W/` removed, for comparing ETags the way BuildKit does.

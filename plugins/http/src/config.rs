@@ -10,6 +10,11 @@
 //! ca_certs = ["/etc/ssl/extra.pem"]  # extra PEM CA certificates, besides the built-in roots
 //! max_concurrent_downloads = 4     # bodies streamed at once in this process
 //! user_agent = "kiln/0.1"          # default User-Agent (http.header.user-agent overrides)
+//! max_body_bytes = 68719476736     # 64 GiB; a longer body fails (attr http.maxsize overrides)
+//! max_decompression_ratio = 100    # a gzip body may inflate at most this much (past 16 MiB)
+//! low_speed_limit_bytes = 1024     # slower than this many bytes per second…
+//! low_speed_time_secs = 60         # …for this long: the attempt fails (curl's --speed-*)
+//! deadline_secs = 21600            # a whole download, retries included, ends after 6 h
 //! ```
 //!
 //! Without `proxy`, the environment chooses per request as Go's
@@ -48,7 +53,23 @@ pub struct Config {
     pub max_concurrent_downloads: usize,
     /// The default User-Agent.
     pub user_agent: Option<String>,
+    /// The longest body accepted (decoded bytes); `http.maxsize` overrides it per source.
+    pub max_body_bytes: u64,
+    /// How many times its encoded size a compressed body may inflate to (checked once
+    /// it passed [`RATIO_FLOOR`] decoded bytes).
+    pub max_decompression_ratio: u64,
+    /// The low-speed rule: an attempt that moves fewer than this many bytes per second
+    /// over `low_speed_time_secs` fails (0 turns the rule off).
+    pub low_speed_limit_bytes: u64,
+    /// The window of the low-speed rule, in seconds.
+    pub low_speed_time_secs: u64,
+    /// The most one download may take, all attempts together, in seconds.
+    pub deadline_secs: u64,
 }
+
+/// Decoded bytes a compressed body may reach before the ratio guard applies (small,
+/// very compressible files are common and harmless).
+pub const RATIO_FLOOR: u64 = 16 << 20;
 
 impl Default for Config {
     fn default() -> Self {
@@ -61,6 +82,11 @@ impl Default for Config {
             ca_certs: Vec::new(),
             max_concurrent_downloads: 4,
             user_agent: None,
+            max_body_bytes: 64 << 30,
+            max_decompression_ratio: 100,
+            low_speed_limit_bytes: 1024,
+            low_speed_time_secs: 60,
+            deadline_secs: 6 * 3600,
         }
     }
 }
@@ -83,6 +109,26 @@ impl Config {
                 "timeouts must be at least 1 second",
             ));
         }
+        if cfg.max_body_bytes == 0 {
+            return Err(PluginError::invalid_config(
+                "max_body_bytes must be at least 1",
+            ));
+        }
+        if cfg.max_decompression_ratio == 0 {
+            return Err(PluginError::invalid_config(
+                "max_decompression_ratio must be at least 1",
+            ));
+        }
+        if cfg.low_speed_limit_bytes > 0 && cfg.low_speed_time_secs == 0 {
+            return Err(PluginError::invalid_config(
+                "low_speed_time_secs must be at least 1 when low_speed_limit_bytes is set",
+            ));
+        }
+        if cfg.deadline_secs == 0 {
+            return Err(PluginError::invalid_config(
+                "deadline_secs must be at least 1",
+            ));
+        }
         Ok(cfg)
     }
 
@@ -103,10 +149,17 @@ impl Config {
         } else {
             Some(self.tls_config()?)
         };
+        // A stalled body moves 0 bytes per second: the low-speed window bounds a
+        // silent read as well.
+        let read_timeout = if self.low_speed_limit_bytes > 0 {
+            self.read_timeout_secs.min(self.low_speed_time_secs)
+        } else {
+            self.read_timeout_secs
+        };
         let builder = || {
             let b = ureq::AgentBuilder::new()
                 .timeout_connect(Duration::from_secs(self.connect_timeout_secs))
-                .timeout_read(Duration::from_secs(self.read_timeout_secs))
+                .timeout_read(Duration::from_secs(read_timeout))
                 .timeout_write(Duration::from_secs(self.read_timeout_secs))
                 .redirects(0)
                 .max_idle_connections_per_host(4)
@@ -182,6 +235,16 @@ mod tests {
         assert_eq!((c.retries, c.read_timeout_secs), (2, 5));
         let e = Config::parse("retrys = 2").unwrap_err();
         assert!(e.message.contains("retrys"), "{e}");
+        for bad in [
+            "max_body_bytes = 0",
+            "max_decompression_ratio = 0",
+            "deadline_secs = 0",
+            "low_speed_time_secs = 0",
+            "max_body_bytes = -1",
+        ] {
+            assert!(Config::parse(bad).is_err(), "{bad}");
+        }
+        assert_eq!(Config::parse("").unwrap().max_body_bytes, 64 << 30);
         let e = Config::parse("max_concurrent_downloads = 0").unwrap_err();
         assert!(e.message.contains("max_concurrent_downloads"), "{e}");
         let e = Config::parse("ca_certs = [\"/nonexistent/ca.pem\"]")

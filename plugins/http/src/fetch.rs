@@ -133,8 +133,10 @@ pub fn get_into_store(
     let task = format!("GET {id}");
     let mut failures = 0u32;
     let mut no_range = false;
+    let limits = Limits::new(ctx.cfg, id);
     loop {
         ctx.job.check_cancelled()?;
+        limits.check_deadline(id)?;
         let saved = Partial::decode(&writer.validator());
         let offset = writer.offset();
         // Resume only data saved with a validator and a length it has not reached (a
@@ -186,9 +188,22 @@ pub fn get_into_store(
                 format!("{id}: invalid response status {status}"),
             ));
         }
-        let content_length = resp
-            .header("Content-Length")
-            .and_then(|v| v.trim().parse::<u64>().ok());
+        // `client::send` refused invalid or conflicting lengths.
+        let encoded_length = client::check_framing(&resp.inner).ok().flatten();
+        let gzip = is_gzip(&resp);
+        // A gzip body's decoded length is unknown until its end.
+        let content_length = encoded_length.filter(|_| !gzip);
+        if let Some(len) = content_length {
+            // A 206 holds the bytes from `offset` on.
+            let full = if status == 206 {
+                offset.saturating_add(len)
+            } else {
+                len
+            };
+            if full > limits.max_size {
+                return Err(limits.too_large(id, full));
+            }
+        }
         let (start, total) = if status == 206 {
             // The answer to a resumed request, or (from odd servers) to a plain GET:
             // then it must hold the whole body.
@@ -257,7 +272,16 @@ pub fn get_into_store(
             resp.header("Last-Modified"),
             resp.header("Content-Disposition"),
         );
-        let why = match stream_body(resp, &mut writer, ctx.job, &task, start, total) {
+        let why = match stream_body(
+            resp,
+            &mut writer,
+            ctx.job,
+            &task,
+            start,
+            total,
+            &limits,
+            gzip,
+        ) {
             Ok(n) if total.is_none_or(|t| t == n) => {
                 ctx.job.progress_finish(&task, n, None);
                 let info = writer.commit(expected).map_err(|e| commit_error(id, e))?;
@@ -281,6 +305,10 @@ pub fn get_into_store(
             }
             Err(StreamError::Fatal(e)) => {
                 ctx.job.progress_finish(&task, 0, Some(&e.message));
+                // A body over a limit is never kept: the next run starts clean.
+                if e.code != ErrorCode::CANCELLED {
+                    let _ = writer.reset();
+                }
                 return Err(e);
             }
             Err(StreamError::Read(e)) => format!("download broke off: {e}"),
@@ -459,6 +487,106 @@ pub fn check_partial(
     Ok(total)
 }
 
+/// The bounds of one download (DESIGN: bad input never runs unbounded): the most
+/// decoded bytes, the inflation ratio, the low-speed rule and the overall deadline.
+pub struct Limits {
+    /// The longest body accepted.
+    pub max_size: u64,
+    /// Where `max_size` came from, for the message.
+    pub max_size_from: &'static str,
+    /// `max_decompression_ratio`.
+    pub ratio: u64,
+    /// `low_speed_limit_bytes` (0: off).
+    pub low_speed: u64,
+    /// `low_speed_time_secs`.
+    pub low_speed_time: Duration,
+    /// When the whole download must be over.
+    pub deadline: Instant,
+    /// `deadline_secs`, for the message.
+    pub deadline_secs: u64,
+}
+
+impl Limits {
+    /// The limits of `cfg`, with `id`'s `http.maxsize` if set.
+    pub fn new(cfg: &Config, id: &HttpIdentifier) -> Self {
+        Limits {
+            max_size: id.max_size.unwrap_or(cfg.max_body_bytes),
+            max_size_from: if id.max_size.is_some() {
+                "http.maxsize"
+            } else {
+                "max_body_bytes"
+            },
+            ratio: cfg.max_decompression_ratio,
+            low_speed: cfg.low_speed_limit_bytes,
+            low_speed_time: Duration::from_secs(cfg.low_speed_time_secs.max(1)),
+            deadline: Instant::now() + Duration::from_secs(cfg.deadline_secs),
+            deadline_secs: cfg.deadline_secs,
+        }
+    }
+
+    fn too_large(&self, id: &HttpIdentifier, len: u64) -> PluginError {
+        PluginError::new(
+            ErrorCode::NETWORK,
+            format!(
+                "{id}: the body is larger than the limit of {} bytes ({len} bytes or more; raise {} to allow it)",
+                self.max_size, self.max_size_from
+            ),
+        )
+    }
+
+    fn check_deadline(&self, id: &HttpIdentifier) -> Result<()> {
+        if Instant::now() >= self.deadline {
+            return Err(PluginError::new(
+                ErrorCode::NETWORK,
+                format!(
+                    "{id}: the download did not finish within deadline_secs = {} (all attempts together)",
+                    self.deadline_secs
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn is_gzip(resp: &Response) -> bool {
+    resp.header("Content-Encoding").is_some_and(|v| {
+        v.split(',')
+            .any(|e| matches!(e.trim().to_ascii_lowercase().as_str(), "gzip" | "x-gzip"))
+    })
+}
+
+/// Counts the bytes read through it (the encoded size of a compressed body).
+struct Counting<R> {
+    inner: R,
+    count: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl<R: Read> Read for Counting<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.count
+            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
+/// Why the reader thread stopped a body on purpose (not a network failure).
+#[derive(Debug)]
+struct Refused(String);
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Refused {}
+
+/// How often the writing side wakes while waiting for data, to see cancellation and
+/// the deadline even when the body has stalled.
+const POLL: Duration = Duration::from_millis(100);
+
+#[allow(clippy::too_many_arguments)]
 fn stream_body(
     resp: Response,
     writer: &mut BlobWriter,
@@ -466,8 +594,29 @@ fn stream_body(
     task: &str,
     start: u64,
     total: Option<u64>,
+    limits: &Limits,
+    gzip: bool,
 ) -> std::result::Result<u64, StreamError> {
-    let reader = resp.inner.into_reader();
+    let encoded = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let raw = Counting {
+        inner: resp.inner.into_reader(),
+        count: encoded.clone(),
+    };
+    let reader: Box<dyn Read + Send> = if gzip {
+        Box::new(flate2::read::MultiGzDecoder::new(raw))
+    } else {
+        Box::new(raw)
+    };
+    let bounds = ReadBounds {
+        // Decoded bytes this attempt may still add.
+        room: limits.max_size.saturating_sub(start),
+        max_size: limits.max_size,
+        max_size_from: limits.max_size_from,
+        ratio: gzip.then_some(limits.ratio),
+        encoded,
+        low_speed: limits.low_speed,
+        low_speed_time: limits.low_speed_time,
+    };
     let (full_tx, full_rx) = sync_channel::<io::Result<Vec<u8>>>(BUFFERS);
     let (empty_tx, empty_rx) = channel::<Vec<u8>>();
     for _ in 0..BUFFERS {
@@ -477,7 +626,7 @@ fn stream_body(
     // this side hangs up (cancel, store error).
     std::thread::Builder::new()
         .name("kiln-http-read".into())
-        .spawn(move || read_loop(reader, empty_rx, full_tx))
+        .spawn(move || read_loop(reader, empty_rx, full_tx, bounds))
         .map_err(|e| {
             StreamError::Fatal(PluginError::internal(format!(
                 "spawning a reader thread: {e}"
@@ -487,9 +636,32 @@ fn stream_body(
     let mut current = start;
     let mut reported = Instant::now();
     loop {
-        match full_rx.recv() {
-            Ok(Ok(buf)) if buf.is_empty() => return Ok(current),
-            Ok(Ok(buf)) => {
+        let next = match full_rx.recv_timeout(POLL) {
+            Ok(next) => next,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                if job.is_cancelled() {
+                    return Err(StreamError::Fatal(PluginError::cancelled()));
+                }
+                if Instant::now() >= limits.deadline {
+                    return Err(StreamError::Fatal(PluginError::new(
+                        ErrorCode::NETWORK,
+                        format!(
+                            "the download did not finish within deadline_secs = {} (all attempts together)",
+                            limits.deadline_secs
+                        ),
+                    )));
+                }
+                continue;
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                return Err(StreamError::Read(io::Error::other(
+                    "the reader thread stopped",
+                )))
+            }
+        };
+        match next {
+            Ok(buf) if buf.is_empty() => return Ok(current),
+            Ok(buf) => {
                 writer.write(&buf).map_err(StreamError::Fatal)?;
                 current += buf.len() as u64;
                 if job.is_cancelled() {
@@ -501,33 +673,106 @@ fn stream_body(
                 }
                 let _ = empty_tx.send(buf);
             }
-            Ok(Err(e)) => return Err(StreamError::Read(e)),
-            Err(_) => {
-                return Err(StreamError::Read(io::Error::other(
-                    "the reader thread stopped",
-                )))
+            Err(e) => {
+                if let Some(r) = e.get_ref().and_then(|r| r.downcast_ref::<Refused>()) {
+                    return Err(StreamError::Fatal(PluginError::new(
+                        ErrorCode::NETWORK,
+                        r.0.clone(),
+                    )));
+                }
+                return Err(StreamError::Read(e));
             }
         }
     }
 }
 
+/// What the reader thread enforces while it reads.
+struct ReadBounds {
+    room: u64,
+    max_size: u64,
+    max_size_from: &'static str,
+    /// The ratio guard, for a compressed body.
+    ratio: Option<u64>,
+    encoded: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    low_speed: u64,
+    low_speed_time: Duration,
+}
+
+impl ReadBounds {
+    /// Checks the bounds after `decoded` bytes of this attempt; `window` is the start
+    /// of the current low-speed window and the bytes read since.
+    fn check(&self, decoded: u64, window: &mut (Instant, u64)) -> io::Result<()> {
+        if decoded > self.room {
+            return Err(io::Error::other(Refused(format!(
+                "the body is larger than the limit of {} bytes (raise {} to allow it)",
+                self.max_size, self.max_size_from
+            ))));
+        }
+        if let Some(ratio) = self.ratio {
+            let enc = self
+                .encoded
+                .load(std::sync::atomic::Ordering::Relaxed)
+                .max(1);
+            if decoded > crate::config::RATIO_FLOOR && decoded / enc > ratio {
+                return Err(io::Error::other(Refused(format!(
+                    "the compressed body inflates more than {ratio} times ({enc} bytes gave over {decoded}); refusing a likely decompression bomb (raise max_decompression_ratio to allow it)"
+                ))));
+            }
+        }
+        if self.low_speed > 0 {
+            let elapsed = window.0.elapsed();
+            if elapsed >= self.low_speed_time {
+                let rate = window.1 as f64 / elapsed.as_secs_f64();
+                if rate < self.low_speed as f64 {
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!(
+                            "slower than {} bytes/s for {} s (low_speed_limit_bytes, low_speed_time_secs)",
+                            self.low_speed,
+                            self.low_speed_time.as_secs()
+                        ),
+                    ));
+                }
+                *window = (Instant::now(), 0);
+            }
+        }
+        Ok(())
+    }
+}
+
 fn read_loop(
-    mut reader: Box<dyn Read + Send + Sync>,
+    mut reader: Box<dyn Read + Send>,
     empty: std::sync::mpsc::Receiver<Vec<u8>>,
     full: std::sync::mpsc::SyncSender<io::Result<Vec<u8>>>,
+    bounds: ReadBounds,
 ) {
+    let mut decoded = 0u64;
+    let mut window = (Instant::now(), 0u64);
     while let Ok(mut buf) = empty.recv() {
         buf.resize(CHUNK, 0);
         let mut filled = 0;
         let mut failure = None;
         let mut eof = false;
+        // A slow body is handed on at least every POLL, so progress shows.
+        let since = Instant::now();
         while filled < CHUNK {
             match reader.read(&mut buf[filled..]) {
                 Ok(0) => {
                     eof = true;
                     break;
                 }
-                Ok(n) => filled += n,
+                Ok(n) => {
+                    filled += n;
+                    decoded += n as u64;
+                    window.1 += n as u64;
+                    if let Err(e) = bounds.check(decoded, &mut window) {
+                        failure = Some(e);
+                        break;
+                    }
+                    if since.elapsed() >= POLL {
+                        break;
+                    }
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     failure = Some(e);
@@ -536,7 +781,11 @@ fn read_loop(
             }
         }
         buf.truncate(filled);
-        if filled > 0 && full.send(Ok(buf)).is_err() {
+        // Bytes past a refused bound are not handed on.
+        let refused = failure
+            .as_ref()
+            .is_some_and(|e| e.get_ref().is_some_and(|r| r.is::<Refused>()));
+        if filled > 0 && !refused && full.send(Ok(buf)).is_err() {
             return;
         }
         if let Some(e) = failure {

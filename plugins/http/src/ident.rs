@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use kiln_plugin_api::{PluginError, Request, Result};
+use kiln_plugin_api::{AttrSpec, AttrType, PluginError, Request, Result};
 use url::Url;
 
 use crate::gojson::{HeaderField, KeyAttrs};
@@ -28,7 +28,58 @@ pub mod attr {
     pub const SIG_PUBKEY: &str = "http.sig.pubkey";
     /// PGP signature verification (not supported).
     pub const SIG_SIGNATURE: &str = "http.sig.signature";
+    /// kiln's own: the longest body accepted for this source, in bytes (overrides the
+    /// plugin's `max_body_bytes`; not part of the cache key).
+    pub const MAX_SIZE: &str = "http.maxsize";
 }
+
+/// Every attribute this source accepts (its schema: checked by the host before the
+/// plugin is called, listed by `kiln plugins show io.kiln.source.v1.http`).
+pub fn attributes() -> Vec<AttrSpec> {
+    use AttrType::{Octal, String, U64};
+    vec![
+        AttrSpec::new(
+            attr::CHECKSUM,
+            String,
+            "expected content digest, sha256:<hex>",
+        ),
+        AttrSpec::new(attr::FILENAME, String, "name of the downloaded file"),
+        AttrSpec::new(attr::PERM, Octal, "file mode (default 0600)"),
+        AttrSpec::new(attr::UID, U64, "owner uid"),
+        AttrSpec::new(attr::GID, U64, "owner gid"),
+        AttrSpec::new(
+            attr::AUTH_HEADER_SECRET,
+            String,
+            "secret whose value is the Authorization header",
+        ),
+        AttrSpec::new(
+            "http.header.*",
+            String,
+            "request header (Accept and User-Agent are sent)",
+        ),
+        AttrSpec::new(attr::SIG_PUBKEY, String, "PGP public key (not supported)"),
+        AttrSpec::new(attr::SIG_SIGNATURE, String, "PGP signature (not supported)"),
+        AttrSpec::new(
+            attr::MAX_SIZE,
+            U64,
+            "the longest body accepted, in bytes (overrides max_body_bytes)",
+        ),
+    ]
+}
+
+/// The names [`attributes`] declares, for [`Request::deny_unknown`].
+const KNOWN: [&str; 10] = [
+    attr::CHECKSUM,
+    attr::FILENAME,
+    attr::PERM,
+    attr::UID,
+    attr::GID,
+    attr::AUTH_HEADER_SECRET,
+    "http.header.*",
+    attr::SIG_PUBKEY,
+    attr::SIG_SIGNATURE,
+    attr::MAX_SIZE,
+];
 
 /// A parsed `http(s)://` identifier.
 #[derive(Clone)]
@@ -54,6 +105,8 @@ pub struct HttpIdentifier {
     pub auth_header_secret: Option<String>,
     /// Accepted user headers, sorted by name.
     pub headers: Vec<HeaderField>,
+    /// `http.maxsize`: this source's body limit, if set.
+    pub max_size: Option<u64>,
 }
 
 impl fmt::Display for HttpIdentifier {
@@ -134,6 +187,7 @@ impl HttpIdentifier {
             gid: 0,
             auth_header_secret: None,
             headers: Vec::new(),
+            max_size: None,
         };
         let bad = |key: &str, why: String| {
             PluginError::invalid_identifier(format!(
@@ -141,6 +195,23 @@ impl HttpIdentifier {
                 id_shown(&req.scheme, &req.reference)
             ))
         };
+        req.deny_unknown("http.", &KNOWN)?;
+        if let Some(p) = req.attr_octal(attr::PERM)? {
+            id.perm = i64::from(p);
+        }
+        for key in [attr::UID, attr::GID] {
+            let Some(n) = req.attr_u64(key)? else {
+                continue;
+            };
+            if n > u64::from(u32::MAX - 1) {
+                return Err(bad(key, format!("id {n} is out of range")));
+            }
+            if key == attr::UID {
+                id.uid = n as i64;
+            } else {
+                id.gid = n as i64;
+            }
+        }
         for (k, v) in &req.attrs {
             match k.as_str() {
                 attr::CHECKSUM => {
@@ -153,23 +224,17 @@ impl HttpIdentifier {
                     id.checksum = Some(v.clone());
                 }
                 attr::FILENAME => id.filename = Some(v.clone()),
-                attr::PERM => {
-                    let p = parse_go_int(v).map_err(|e| bad(k, e))?;
-                    if !(0..=0o7777).contains(&p) {
-                        return Err(bad(k, format!("mode {v:?} is outside 0..07777")));
-                    }
-                    id.perm = p;
-                }
-                attr::UID | attr::GID => {
-                    let n = parse_go_int(v).map_err(|e| bad(k, e))?;
-                    if !(0..=i64::from(u32::MAX - 1)).contains(&n) {
-                        return Err(bad(k, format!("id {v:?} is out of range")));
-                    }
-                    if k == attr::UID {
-                        id.uid = n;
-                    } else {
-                        id.gid = n;
-                    }
+                attr::PERM | attr::UID | attr::GID => {}
+                attr::MAX_SIZE => {
+                    let n = v
+                        .trim()
+                        .parse::<u64>()
+                        .ok()
+                        .filter(|n| *n > 0)
+                        .ok_or_else(|| {
+                            bad(k, format!("expected a positive number of bytes, got {v:?}"))
+                        })?;
+                    id.max_size = Some(n);
                 }
                 attr::AUTH_HEADER_SECRET => {
                     if !v.is_empty() {
@@ -219,42 +284,8 @@ pub fn is_sha256_digest(v: &str) -> bool {
     })
 }
 
-/// Go's `strconv.ParseInt(v, 0, 64)`: sign, then `0x`, `0o`, `0b` or a leading `0`
-/// (octal) select the base; underscores are allowed only with a prefix.
-pub fn parse_go_int(v: &str) -> std::result::Result<i64, String> {
-    let err = || format!("{v:?} is not an integer");
-    let (neg, body) = match v.as_bytes().first() {
-        Some(b'-') => (true, &v[1..]),
-        Some(b'+') => (false, &v[1..]),
-        _ => (false, v),
-    };
-    if body.is_empty() {
-        return Err(err());
-    }
-    let lower = body.to_ascii_lowercase();
-    let (radix, digits, prefixed) = if let Some(d) = lower.strip_prefix("0x") {
-        (16, d.to_string(), true)
-    } else if let Some(d) = lower.strip_prefix("0o") {
-        (8, d.to_string(), true)
-    } else if let Some(d) = lower.strip_prefix("0b") {
-        (2, d.to_string(), true)
-    } else if lower.len() > 1 && lower.starts_with('0') {
-        (8, lower.clone(), true)
-    } else {
-        (10, lower.clone(), false)
-    };
-    if digits.contains('_')
-        && (!prefixed || digits.starts_with('_') || digits.ends_with('_') || digits.contains("__"))
-    {
-        return Err(err());
-    }
-    let digits = digits.replace('_', "");
-    if digits.is_empty() || digits.starts_with(['+', '-']) {
-        return Err(err());
-    }
-    let n = i64::from_str_radix(&digits, radix).map_err(|_| err())?;
-    Ok(if neg { -n } else { n })
-}
+/// Go's `strconv.ParseInt(v, 0, 64)` (now shared through the plugin-api).
+pub use kiln_plugin_api::attrs::parse_go_int;
 
 /// Go's `http.CanonicalHeaderKey`: `user-agent` → `User-Agent`.
 pub fn canonical_header_key(name: &str) -> String {
@@ -427,5 +458,130 @@ mod tests {
         assert_eq!(canonical_header_key("user-agent"), "User-Agent");
         assert_eq!(canonical_header_key("ACCEPT"), "Accept");
         assert_eq!(canonical_header_key("bad key"), "bad key");
+    }
+
+    #[test]
+    fn unknown_http_attributes_are_refused() {
+        let e = HttpIdentifier::parse(&req("http://h/f", &[("http.prem", "0644")])).unwrap_err();
+        assert!(e.message.contains("unknown attribute http.prem"), "{e}");
+        assert!(HttpIdentifier::parse(&req("http://h/f", &[("other.x", "1")])).is_ok());
+        let names: Vec<String> = attributes().into_iter().map(|a| a.name).collect();
+        assert_eq!(names.len(), KNOWN.len());
+        assert!(KNOWN.iter().all(|k| names.iter().any(|n| n == k)));
+    }
+
+    /// The whole plugin through the SDK's test doubles, against a one-shot HTTP
+    /// server on loopback: the key, the pin, the blob in the content store, the file,
+    /// the progress, and the secret header.
+    mod with_doubles {
+        use std::io::{BufRead, BufReader, Write};
+        use std::net::TcpListener;
+        use std::sync::mpsc;
+
+        use kiln_plugin_api::testing::{FakeHost, FakeJob};
+        use kiln_plugin_api::{ErrorCode, Plugin, Request, Source};
+
+        use crate::HttpSource;
+
+        /// Serves `body` to each of `n` connections; sends each request's headers back.
+        fn serve(body: &'static str, n: usize) -> (String, mpsc::Receiver<Vec<String>>) {
+            let l = TcpListener::bind("127.0.0.1:0").unwrap();
+            let url = format!("http://{}/file.txt", l.local_addr().unwrap());
+            let (tx, rx) = mpsc::channel();
+            std::thread::spawn(move || {
+                for conn in l.incoming().take(n) {
+                    let mut conn = conn.unwrap();
+                    let mut r = BufReader::new(conn.try_clone().unwrap());
+                    let mut headers = Vec::new();
+                    loop {
+                        let mut line = String::new();
+                        if r.read_line(&mut line).unwrap() == 0 || line == "\r\n" {
+                            break;
+                        }
+                        headers.push(line.trim_end().to_string());
+                    }
+                    let _ = tx.send(headers);
+                    write!(
+                        conn,
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    )
+                    .unwrap();
+                }
+            });
+            (url, rx)
+        }
+
+        #[test]
+        fn key_snapshot_blob_progress_and_secret() {
+            let (url, headers) = serve("hello", 2);
+            let host = FakeHost::new();
+            let source = HttpSource::new("", host.host()).unwrap();
+            let req = Request::new(&url)
+                .with_attr("http.filename", "out.txt")
+                .with_attr("http.perm", "0640")
+                .with_attr("http.authheadersecret", "auth");
+            let step = source.resolve(source.identifier(&req).unwrap()).unwrap();
+            let fake = FakeJob::new().with_secret("auth", b"Bearer t0ken");
+            let key = step.cache_key(0, &fake.job()).unwrap();
+            // sha256("hello")
+            let digest = "sha256:2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824";
+            assert_eq!(key.pin, digest);
+            assert!(!key.key.contains("t0ken"), "{key:?}");
+            assert!(
+                host.blob(digest).is_some(),
+                "the download is a blob in the store"
+            );
+            let dest = host.staging_dir();
+            step.snapshot(&dest, &fake.job()).unwrap();
+            assert_eq!(
+                std::fs::read_to_string(dest.join("out.txt")).unwrap(),
+                "hello"
+            );
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(dest.join("out.txt"))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o7777, 0o640);
+            let first = headers.recv().unwrap();
+            assert!(
+                first
+                    .iter()
+                    .any(|h| h.eq_ignore_ascii_case("authorization: Bearer t0ken")),
+                "{first:?}"
+            );
+            let p = fake.progress();
+            assert!(
+                p.iter().any(|e| e.kind == "finish" && e.current == 5),
+                "{p:?}"
+            );
+        }
+
+        #[test]
+        fn checksum_mismatch_and_cancellation() {
+            let (url, _headers) = serve("hello", 2);
+            let host = FakeHost::new();
+            let source = HttpSource::new("", host.host()).unwrap();
+            let wrong = format!("sha256:{}", "0".repeat(64));
+            let req = Request::new(&url).with_attr("http.checksum", wrong.as_str());
+            let step = source.resolve(source.identifier(&req).unwrap()).unwrap();
+            // With a checksum, the key needs no download; the content is checked when
+            // it arrives, and nothing is stored.
+            let key = step.cache_key(0, &FakeJob::new().job()).unwrap();
+            assert_eq!(key.pin, wrong);
+            let e = step
+                .snapshot(&host.staging_dir(), &FakeJob::new().job())
+                .unwrap_err();
+            assert_eq!(e.code, ErrorCode::CHECKSUM_MISMATCH, "{e}");
+            assert!(host.blob(&wrong).is_none());
+            let fake = FakeJob::new();
+            fake.cancel();
+            let step = source
+                .resolve(source.identifier(&Request::new(&url)).unwrap())
+                .unwrap();
+            let e = step.cache_key(0, &fake.job()).unwrap_err();
+            assert_eq!(e.code, ErrorCode::CANCELLED, "{e}");
+        }
     }
 }

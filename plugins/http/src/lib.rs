@@ -24,7 +24,7 @@ pub mod filename;
 pub mod gojson;
 pub mod ident;
 pub mod index;
-pub mod proxy;
+pub use kiln_source_net::proxy;
 pub mod step;
 
 use std::sync::Arc;
@@ -69,6 +69,10 @@ impl Plugin for HttpSource {
                 | Capabilities::CONTENT_STORE,
             max_concurrency: 0,
         }
+    }
+
+    fn attributes() -> Vec<kiln_plugin_api::AttrSpec> {
+        ident::attributes()
     }
 
     fn new(config: &str, host: Host) -> Result<Self> {

@@ -57,8 +57,8 @@ pub enum IdentifierError {
         /// The cause.
         source: ReferenceError,
     },
-    /// An `oci-layout` reference without `@sha256:…`.
-    #[error("oci-layout reference {0:?} must have a digest (NAME@sha256:<64 hex digits>)")]
+    /// An `oci-layout` reference with neither a tag nor `@sha256:…`.
+    #[error("oci-layout reference {0:?} must have a tag or a digest (NAME:TAG or NAME@sha256:<64 hex digits>)")]
     DigestRequired(String),
     /// The platform does not parse.
     #[error(transparent)]
@@ -218,11 +218,10 @@ pub struct OciIdentifier {
 }
 
 impl OciIdentifier {
-    /// The manifest or index digest the reference pins.
-    pub fn digest(&self) -> &Digest {
-        self.reference
-            .digest()
-            .expect("an oci-layout identifier always has a digest")
+    /// The manifest or index digest the reference pins (none: resolve the tag
+    /// through the layout's `index.json`).
+    pub fn digest(&self) -> Option<&Digest> {
+        self.reference.digest()
     }
 }
 
@@ -292,7 +291,7 @@ impl Identifier {
             }
             OCI_LAYOUT_SCHEME => {
                 let parsed = Reference::parse(reference).map_err(ref_err)?;
-                if parsed.digest().is_none() {
+                if parsed.digest().is_none() && parsed.tag().is_none() {
                     return Err(IdentifierError::DigestRequired(reference.to_string()));
                 }
                 let mut id = OciIdentifier {
@@ -607,7 +606,7 @@ mod tests {
             (o.store.as_str(), o.session.as_str(), o.layer_limit),
             ("mystore", "s1", Some(1))
         );
-        assert_eq!(o.digest().to_string(), D);
+        assert_eq!(o.digest().unwrap().to_string(), D);
         assert_eq!(o.platform.to_string(), "linux/arm64");
         // No docker.io normalisation for OCI layouts; tag and digest both kept.
         let id = Identifier::parse(
@@ -619,10 +618,10 @@ mod tests {
         .unwrap();
         assert_eq!(id.to_string(), format!("oci-layout://local/app:v1@{D}"));
 
-        let e =
-            Identifier::parse("oci-layout", "not/real:tag", &BTreeMap::new(), None).unwrap_err();
-        assert_eq!(e, IdentifierError::DigestRequired("not/real:tag".into()));
-        assert!(e.to_string().contains("must have a digest"));
+        let e = Identifier::parse("oci-layout", "not/real", &BTreeMap::new(), None).unwrap_err();
+        assert_eq!(e, IdentifierError::DigestRequired("not/real".into()));
+        assert!(e.to_string().contains("must have a tag or a digest"));
+        assert!(Identifier::parse("oci-layout", "not/real:tag", &BTreeMap::new(), None).is_ok());
         assert!(
             Identifier::parse("oci-layout", "Not/Real@sha256:00", &BTreeMap::new(), None).is_err()
         );

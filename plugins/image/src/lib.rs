@@ -1,42 +1,52 @@
 //! kiln's image source plugin (`io.kiln.source.v1.image`, schemes `docker-image` and
 //! `oci-layout`).
 //!
-//! This version parses and validates identifiers, attributes and platforms by
-//! BuildKit's rules ([`identifier`], [`reference`], [`digest`], and `kiln_plugin_api::platform`); cache keys
-//! and snapshots answer `unsupported` until the pulling code lands next to these
-//! modules.
-//!
-//! Configuration (`[plugins."io.kiln.source.v1.image".config]` in `kiln.toml`): no
-//! keys yet; an unknown key is an error.
+//! Identifiers, attributes and platforms are parsed by BuildKit's rules
+//! ([`identifier`], [`reference`], [`digest`]); [`registry`] speaks the OCI
+//! distribution protocol with [`credentials`] as docker and podman keep them; [`pull`]
+//! resolves index → manifest → config into the host's content store and writes the
+//! rootfs with [`unpack`]; [`keys`] gives BuildKit's two cache keys. The `config`
+//! table is [`config::ImageConfig`].
 
+pub mod config;
+pub mod credentials;
 pub mod digest;
 pub mod identifier;
+pub mod keys;
+pub mod manifest;
+pub mod pull;
 pub mod reference;
+pub mod registry;
+pub mod state;
+pub mod tls;
+pub mod unpack;
 
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 use kiln_plugin_api::{
     export_plugin, parse_config, CacheKey, Capabilities, Host, Job, Plugin, PluginError,
     PluginInfo, Request, Result, Snapshot, Source, SourceInstance,
 };
-use serde::Deserialize;
 
+pub use config::ImageConfig;
 pub use identifier::{Identifier, IdentifierError, ImageIdentifier, OciIdentifier};
 pub use kiln_plugin_api::platform::Platform;
 pub use reference::Reference;
 
+use identifier::ResolveMode;
+use pull::{Origin, Resolved};
+use registry::{Client, Repo};
+use state::State;
+
 /// The plugin id.
 pub const PLUGIN_ID: &str = "io.kiln.source.v1.image";
 
-/// The plugin's `config` table. No keys yet; unknown keys are refused.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ImageConfig {}
-
 /// The image source.
 pub struct ImageSource {
-    #[allow(dead_code)]
-    config: ImageConfig,
+    config: Arc<ImageConfig>,
+    host: Host,
+    state: State,
 }
 
 impl Source for ImageSource {
@@ -58,32 +68,220 @@ impl Source for ImageSource {
     }
 
     fn resolve(&self, id: Identifier) -> Result<Box<dyn SourceInstance>> {
-        Ok(Box::new(ImageStep { id }))
+        Ok(Box::new(ImageStep {
+            id,
+            config: self.config.clone(),
+            host: self.host.clone(),
+            state: self.state.clone(),
+            resolved: Mutex::new(None),
+        }))
     }
 }
 
-/// One image source step.
+/// One image source step. The resolution (documents, keys) is made once and reused by
+/// later key indexes and the snapshot.
 struct ImageStep {
     id: Identifier,
+    config: Arc<ImageConfig>,
+    host: Host,
+    state: State,
+    resolved: Mutex<Option<(Arc<Origin>, Resolved)>>,
 }
 
 impl ImageStep {
-    fn unsupported(&self) -> PluginError {
-        PluginError::unsupported(format!(
-            "image: cache keys and snapshots are not implemented yet in this kiln (identifier parsing only); cannot pull {} for {}",
-            self.id,
-            self.id.platform()
-        ))
+    /// The reference text for messages and `image.ref` (never holds credentials).
+    fn name(&self) -> String {
+        self.id.to_string()
+    }
+
+    fn resolved(&self, job: &Job<'_>) -> Result<(Arc<Origin>, Resolved)> {
+        let mut g = self.resolved.lock().expect("resolved lock");
+        if let Some(r) = g.as_ref() {
+            return Ok(r.clone());
+        }
+        let r = match &self.id {
+            Identifier::Image(i) => self.resolve_image(i)?,
+            Identifier::Oci(o) => self.resolve_layout(o, job)?,
+        };
+        *g = Some(r.clone());
+        Ok(r)
+    }
+
+    fn resolve_image(&self, i: &ImageIdentifier) -> Result<(Arc<Origin>, Resolved)> {
+        let name = self.name();
+        let r = &i.reference;
+        let repo = Repo {
+            host: r.domain().unwrap_or("docker.io").to_string(),
+            path: r.path().to_string(),
+        };
+        let repo_name = r.name();
+        let client = Client::new(self.config.clone());
+        let mut top_doc = None;
+        let top = if let Some(d) = r.digest() {
+            let d = d.to_string();
+            if self.host.blob_path(&d).is_none() || !self.state.has_source(&repo_name, &d) {
+                top_doc = Some(fetch_top(&client, &repo, &d, Some(&d), &name)?);
+            }
+            d
+        } else {
+            let tag = r.tag().unwrap_or("latest");
+            let name_tag = format!("{repo_name}:{tag}");
+            // The digest this tag last resolved to, if its manifest is still stored.
+            let recorded = || {
+                self.state
+                    .tag(&name_tag)
+                    .filter(|d| self.host.blob_path(d).is_some())
+            };
+            let local = match i.resolve_mode {
+                ResolveMode::PreferLocal => recorded(),
+                _ => None,
+            };
+            match local {
+                Some(d) => {
+                    tracing::debug!("{name}: resolvemode=local: using {d}, recorded earlier");
+                    d
+                }
+                None => match fetch_top(&client, &repo, tag, None, &name) {
+                    Ok((bytes, ctype)) => {
+                        let d = keys::sha256_digest(&bytes);
+                        self.state.set_tag(&name_tag, &d);
+                        top_doc = Some((bytes, ctype));
+                        d
+                    }
+                    // BuildKit's default mode falls back to the local store when the
+                    // registry cannot be reached.
+                    Err(e)
+                        if i.resolve_mode == ResolveMode::Default
+                            && e.code == kiln_plugin_api::ErrorCode::NETWORK =>
+                    {
+                        let d = recorded().ok_or(e.clone())?;
+                        tracing::warn!("{name}: the registry cannot be reached ({e}); using {d}, recorded earlier");
+                        d
+                    }
+                    Err(e) => return Err(e),
+                },
+            }
+        };
+        if let Some(c) = &i.checksum {
+            if c.to_string() != top {
+                return Err(PluginError::checksum_mismatch(format!(
+                    "image digest {top} for {name} does not match expected checksum {c}"
+                )));
+            }
+        }
+        if let Some((bytes, _)) = &top_doc {
+            pull::commit_small(&self.host, &top, bytes)?;
+        }
+        self.state.set_source(&repo_name, &top);
+        let origin = Origin::Registry { client, repo };
+        let res = pull::resolve_from(
+            &self.host,
+            &origin,
+            &top,
+            top_doc,
+            &i.platform,
+            i.layer_limit,
+            &name,
+        )?;
+        Ok((Arc::new(origin), res))
+    }
+
+    fn resolve_layout(&self, o: &OciIdentifier, job: &Job<'_>) -> Result<(Arc<Origin>, Resolved)> {
+        let name = self.name();
+        let layout_name = o.reference.name();
+        let dir = job.oci_layout_dir(&layout_name).ok_or_else(|| {
+            PluginError::not_found(format!(
+                "{name}: no OCI layout directory named {layout_name:?} was given (use --oci-layout {layout_name}=DIR)"
+            ))
+        })?;
+        let top = match o.digest() {
+            Some(d) => d.to_string(),
+            None => pull::layout_tag(&dir, &layout_name, o.reference.tag().unwrap_or("latest"))?,
+        };
+        let origin = Origin::Layout { dir };
+        let res = pull::resolve_from(
+            &self.host,
+            &origin,
+            &top,
+            None,
+            &o.platform,
+            o.layer_limit,
+            &name,
+        )?;
+        Ok((Arc::new(origin), res))
     }
 }
 
+/// GETs the top-level manifest or index by tag or digest and verifies it: against the
+/// digest asked for, else against `Docker-Content-Digest` when the registry sends one.
+fn fetch_top(
+    client: &Client,
+    repo: &Repo,
+    reference: &str,
+    want: Option<&str>,
+    name: &str,
+) -> Result<(Vec<u8>, Option<String>)> {
+    let r = client.manifest(repo, reference)?;
+    let got = keys::sha256_digest(&r.bytes);
+    let expected = want
+        .map(str::to_string)
+        .or_else(|| r.digest_header.clone().filter(|h| h.starts_with("sha256:")));
+    if let Some(e) = expected {
+        if e != got {
+            return Err(PluginError::checksum_mismatch(format!(
+                "{name}: manifest: checksum mismatch: expected {e}, got {got}"
+            )));
+        }
+    }
+    Ok((r.bytes, r.content_type))
+}
+
 impl SourceInstance for ImageStep {
-    fn cache_key(&self, _index: u32, _job: &Job<'_>) -> Result<CacheKey> {
-        Err(self.unsupported())
+    fn cache_key(&self, index: u32, job: &Job<'_>) -> Result<CacheKey> {
+        let (_, r) = self.resolved(job)?;
+        let opts = r.opts(&self.id.reference().to_string());
+        let (key, done) = match (index, &r.chain_id) {
+            (0, _) | (_, None) => (r.manifest_key.clone(), index > 0),
+            (_, Some(c)) => (c.clone(), true),
+        };
+        Ok(CacheKey {
+            key,
+            pin: r.top.clone(),
+            done,
+            opts,
+        })
     }
 
-    fn snapshot(&self, _dest: &Path, _job: &Job<'_>) -> Result<Snapshot> {
-        Err(self.unsupported())
+    fn snapshot(&self, dest: &Path, job: &Job<'_>) -> Result<Snapshot> {
+        let (origin, r) = self.resolved(job)?;
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        if !root {
+            tracing::info!(
+                "{}: not running as root: file owners and device nodes of the image are not kept",
+                self.name()
+            );
+        }
+        let name = self.name();
+        let puller = pull::Puller {
+            host: &self.host,
+            origin: &origin,
+            job,
+            name: &name,
+            concurrency: self.config.max_concurrent_downloads,
+        };
+        puller.pull(
+            dest,
+            &r.layers,
+            &r.diff_ids,
+            &unpack::UnpackOptions { same_owner: root },
+        )?;
+        let mut metadata = vec![(
+            "image.chainid".to_string(),
+            r.chain_id.clone().unwrap_or_default(),
+        )];
+        metadata.retain(|(_, v)| !v.is_empty());
+        Ok(Snapshot { metadata })
     }
 }
 
@@ -103,9 +301,15 @@ impl Plugin for ImageSource {
         }
     }
 
-    fn new(config: &str, _host: Host) -> Result<Self> {
+    fn new(config: &str, host: Host) -> Result<Self> {
         let config: ImageConfig = parse_config(config)?;
-        Ok(Self { config })
+        config.validate().map_err(PluginError::invalid_config)?;
+        let state = State::new(host.state_dir());
+        Ok(Self {
+            config: Arc::new(config),
+            host,
+            state,
+        })
     }
 }
 
@@ -114,71 +318,12 @@ export_plugin!(ImageSource);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kiln_plugin_api::ErrorCode;
-
-    fn source() -> ImageSource {
-        ImageSource {
-            config: ImageConfig::default(),
-        }
-    }
-
-    fn request(scheme: &str, reference: &str, platform: Option<&str>) -> Request {
-        Request {
-            scheme: scheme.into(),
-            reference: reference.into(),
-            attrs: Default::default(),
-            platform: platform.map(str::to_string),
-        }
-    }
-
-    #[test]
-    fn identifier_through_the_source() {
-        let id = source()
-            .identifier(&request("docker-image", "busybox", Some("linux/aarch64")))
-            .unwrap();
-        assert_eq!(
-            id.to_string(),
-            "docker-image://docker.io/library/busybox:latest"
-        );
-        assert_eq!(id.platform().to_string(), "linux/arm64");
-
-        let e = source()
-            .identifier(&request("docker-image", "BusyBox", None))
-            .unwrap_err();
-        assert_eq!(e.code, ErrorCode::INVALID_IDENTIFIER);
-        assert!(
-            e.message
-                .starts_with("docker-image://BusyBox: invalid image reference"),
-            "{}",
-            e.message
-        );
-
-        let e = source()
-            .identifier(&request("oci-layout", "local/app:v1", None))
-            .unwrap_err();
-        assert!(e.message.contains("must have a digest"), "{}", e.message);
-    }
-
-    #[test]
-    fn steps_say_unsupported() {
-        let id = source()
-            .identifier(&request("docker-image", "busybox", Some("linux/amd64")))
-            .unwrap();
-        let e = ImageStep { id }.unsupported();
-        assert_eq!(e.code, ErrorCode::UNSUPPORTED);
-        assert!(e
-            .message
-            .contains("not implemented yet in this kiln (identifier parsing only)"));
-        assert!(e
-            .message
-            .contains("docker-image://docker.io/library/busybox:latest for linux/amd64"));
-    }
 
     #[test]
     fn config_is_strict() {
         parse_config::<ImageConfig>("").unwrap();
         let e = parse_config::<ImageConfig>("mirror = \"x\"").unwrap_err();
-        assert_eq!(e.code, ErrorCode::INVALID_CONFIG);
+        assert_eq!(e.code, kiln_plugin_api::ErrorCode::INVALID_CONFIG);
         assert!(e.message.contains("mirror"), "{}", e.message);
     }
 }

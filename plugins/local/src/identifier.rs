@@ -3,7 +3,7 @@
 use std::fmt;
 
 use kiln_plugin_api::patterns::PatternMatcher;
-use kiln_plugin_api::{PluginError, Request, Result};
+use kiln_plugin_api::{AttrSpec, AttrType, PluginError, Request, Result};
 
 /// `local.session`: a session id; the form `a:b` gives name `a-<name>`, session `b`.
 pub const ATTR_SESSION: &str = "local.session";
@@ -42,6 +42,56 @@ const KNOWN: [&str; 11] = [
     ATTR_METADATA_TRANSFER,
     ATTR_METADATA_TRANSFER_EXCLUDE,
 ];
+
+/// The attributes this source accepts (its schema, checked by the host before the
+/// plugin is called and shown by `kiln plugins show io.kiln.source.v1.local`).
+pub fn attributes() -> Vec<AttrSpec> {
+    use AttrType::{List, String};
+    vec![
+        AttrSpec::new(
+            ATTR_SESSION,
+            String,
+            "session id; the form PREFIX:ID keys the name as PREFIX-NAME",
+        ),
+        AttrSpec::new(
+            ATTR_UNIQUE,
+            String,
+            "a client id; changes only the step's digest",
+        ),
+        AttrSpec::new(
+            ATTR_INCLUDE,
+            List,
+            "include patterns (only matching paths are copied)",
+        ),
+        AttrSpec::new(
+            ATTR_INCLUDE_ALT,
+            List,
+            "another spelling of local.includepattern",
+        ),
+        AttrSpec::new(
+            ATTR_EXCLUDE,
+            List,
+            "exclude patterns (matching paths are left out)",
+        ),
+        AttrSpec::new(ATTR_FOLLOW, List, "paths whose symlinks are followed"),
+        AttrSpec::new(
+            ATTR_SHARED_KEY_HINT,
+            String,
+            "a hint for reusing an earlier transfer",
+        ),
+        AttrSpec::new(ATTR_DIFFER, String, "metadata (default) or none"),
+        AttrSpec::new(
+            ATTR_METADATA_TRANSFER,
+            String,
+            "metadata-only transfer: only false is supported",
+        ),
+        AttrSpec::new(
+            ATTR_METADATA_TRANSFER_EXCLUDE,
+            List,
+            "patterns for the metadata-only transfer",
+        ),
+    ]
+}
 
 /// How a transfer decides that a file is unchanged since an earlier one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -90,17 +140,6 @@ fn invalid(id: &str, msg: impl fmt::Display) -> PluginError {
     PluginError::invalid_identifier(format!("local://{id}: {msg}"))
 }
 
-/// Parses a JSON string list attribute; `null` is `None`.
-fn string_list(name: &str, key: &str, value: &str) -> Result<Option<Vec<String>>> {
-    let parsed: Option<Vec<String>> = serde_json::from_str(value).map_err(|e| {
-        invalid(
-            name,
-            format!("attribute {key} must be a JSON list of strings like [\"a\", \"b\"]: {e}"),
-        )
-    })?;
-    Ok(parsed)
-}
-
 impl LocalId {
     /// Parses `request` (scheme `local`, reference `NAME`) and validates every
     /// `local.*` attribute; other attributes are ignored.
@@ -117,14 +156,7 @@ impl LocalId {
                 format!("a local name cannot contain {c:?}; use a plain name such as \"context\""),
             ));
         }
-        for key in request.attrs.keys() {
-            if key.starts_with("local.") && !KNOWN.contains(&key.as_str()) {
-                return Err(invalid(
-                    name,
-                    format!("unknown attribute {key} (known: {})", KNOWN.join(", ")),
-                ));
-            }
-        }
+        request.deny_unknown("local.", &KNOWN)?;
 
         let mut key_name = name.to_string();
         let mut session = None;
@@ -145,20 +177,11 @@ impl LocalId {
                     format!("set only one of {ATTR_INCLUDE} and {ATTR_INCLUDE_ALT}"),
                 ))
             }
-            (Some(v), None) => string_list(name, ATTR_INCLUDE, v)?,
-            (None, Some(v)) => string_list(name, ATTR_INCLUDE_ALT, v)?,
-            (None, None) => None,
+            (Some(_), None) => request.attr_list(ATTR_INCLUDE)?,
+            (None, _) => request.attr_list(ATTR_INCLUDE_ALT)?,
         };
-        let exclude = request
-            .attr(ATTR_EXCLUDE)
-            .map(|v| string_list(name, ATTR_EXCLUDE, v))
-            .transpose()?
-            .flatten();
-        let follow = request
-            .attr(ATTR_FOLLOW)
-            .map(|v| string_list(name, ATTR_FOLLOW, v))
-            .transpose()?
-            .flatten();
+        let exclude = request.attr_list(ATTR_EXCLUDE)?;
+        let follow = request.attr_list(ATTR_FOLLOW)?;
         let include_key = if request.attr(ATTR_INCLUDE).is_some() {
             ATTR_INCLUDE
         } else {
@@ -174,9 +197,7 @@ impl LocalId {
                     .map_err(|e| invalid(name, format!("attribute {key}: {e}")))?;
             }
         }
-        if let Some(v) = request.attr(ATTR_METADATA_TRANSFER_EXCLUDE) {
-            string_list(name, ATTR_METADATA_TRANSFER_EXCLUDE, v)?;
-        }
+        request.attr_list(ATTR_METADATA_TRANSFER_EXCLUDE)?;
 
         let differ = match request.attr(ATTR_DIFFER) {
             None | Some("") | Some("metadata") => Differ::Metadata,
@@ -188,19 +209,15 @@ impl LocalId {
                 ))
             }
         };
-        match request.attr(ATTR_METADATA_TRANSFER) {
-            None | Some("") | Some("false") => {}
-            Some("true") => {
-                return Err(PluginError::unsupported(format!(
-                    "local://{name}: attribute {ATTR_METADATA_TRANSFER}=true (metadata-only transfer) is not supported"
-                )))
-            }
-            Some(other) => {
-                return Err(invalid(
-                    name,
-                    format!("attribute {ATTR_METADATA_TRANSFER} must be \"true\" or \"false\", not {other:?}"),
-                ))
-            }
+        // BuildKit reads it as "true" or anything else; empty means unset here.
+        let transfer = match request.attr(ATTR_METADATA_TRANSFER) {
+            None | Some("") => None,
+            Some(_) => request.attr_bool(ATTR_METADATA_TRANSFER)?,
+        };
+        if transfer == Some(true) {
+            return Err(PluginError::unsupported(format!(
+                "local://{name}: attribute {ATTR_METADATA_TRANSFER}=true (metadata-only transfer) is not supported"
+            )));
         }
 
         let (ignore_file, ignore_file_explicit) = match request.attr(ATTR_IGNORE_FILE) {
@@ -342,5 +359,71 @@ mod tests {
             .contains("needs a name"));
         assert!(LocalId::parse(&req("a/b", &[])).is_err());
         assert!(LocalId::parse(&req("a\nb", &[])).is_err());
+    }
+
+    /// The whole step through the SDK's test doubles: parse, key, snapshot.
+    mod with_doubles {
+        use super::*;
+        use crate::LocalSource;
+        use kiln_plugin_api::testing::{FakeHost, FakeJob};
+        use kiln_plugin_api::{Plugin, Source};
+
+        fn step(
+            host: &FakeHost,
+            attrs: &[(&str, &str)],
+        ) -> Box<dyn kiln_plugin_api::SourceInstance> {
+            let source = LocalSource::new("", host.host()).unwrap();
+            let id = source.identifier(&req("ctx", attrs)).unwrap();
+            source.resolve(id).unwrap()
+        }
+
+        #[test]
+        fn snapshot_copies_the_selected_files_and_reports_progress() {
+            let host = FakeHost::new();
+            let src = host.root().join("src");
+            std::fs::create_dir_all(src.join("sub")).unwrap();
+            std::fs::write(src.join("a.txt"), "a").unwrap();
+            std::fs::write(src.join("sub/b.log"), "b").unwrap();
+            let fake = FakeJob::new().with_local_dir("ctx", &src);
+            let s = step(&host, &[(ATTR_EXCLUDE, r#"["*.log", "sub/*.log"]"#)]);
+            let key = s.cache_key(0, &fake.job()).unwrap();
+            assert!(key.key.starts_with("session:ctx:"), "{key:?}");
+            assert!(key.done);
+            let dest = host.staging_dir();
+            let snap = s.snapshot(&dest, &fake.job()).unwrap();
+            assert_eq!(std::fs::read_to_string(dest.join("a.txt")).unwrap(), "a");
+            assert!(!dest.join("sub/b.log").exists());
+            assert!(snap.metadata.contains(&("local.files".into(), "1".into())));
+            let p = fake.progress();
+            let last = p.last().unwrap();
+            assert_eq!((last.kind, last.current), ("finish", 1), "{p:?}");
+            assert_eq!(p[0].kind, "start");
+        }
+
+        #[test]
+        fn unmapped_name_and_cancellation() {
+            let host = FakeHost::new();
+            let s = step(&host, &[]);
+            let e = s
+                .snapshot(&host.staging_dir(), &FakeJob::new().job())
+                .unwrap_err();
+            assert_eq!(e.code, ErrorCode::NOT_FOUND);
+            assert!(e.message.contains("--local ctx=DIR"), "{e}");
+            let fake = FakeJob::new().with_local_dir("ctx", host.root());
+            fake.cancel();
+            let e = s.snapshot(&host.staging_dir(), &fake.job()).unwrap_err();
+            assert_eq!(e.code, ErrorCode::CANCELLED);
+        }
+
+        #[test]
+        fn the_key_depends_on_the_options_not_the_session_name_only() {
+            let fake = FakeJob::new().with_id("job-1");
+            let host = FakeHost::new();
+            let a = step(&host, &[]).cache_key(0, &fake.job()).unwrap();
+            let b = step(&host, &[(ATTR_EXCLUDE, r#"["x"]"#)])
+                .cache_key(0, &fake.job())
+                .unwrap();
+            assert_ne!(a.key, b.key);
+        }
     }
 }

@@ -290,6 +290,10 @@ impl Plugin for LocalSource {
     fn new(_config: &str, host: Host) -> Result<Self> {
         Ok(LocalSource { host })
     }
+
+    fn attributes() -> Vec<kiln_plugin_api::AttrSpec> {
+        identifier::attributes()
+    }
 }
 
 export_plugin!(LocalSource);

@@ -10,7 +10,7 @@ use std::net::IpAddr;
 
 use url::{Host, Url};
 
-use crate::ident::redact_str;
+use crate::redact_str;
 
 /// The proxy settings found in the environment.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -1,0 +1,417 @@
+//! The OCI runtime (runc or crun), one bundle per run, and the reaping of bundles
+//! that a killed `kiln` left behind.
+
+use std::ffi::OsString;
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::overlay::{mount_overlay, mount_tmpfs, mounts_under, unmount};
+use super::spec::{self, SpecMount};
+use super::stubs::Stubs;
+use super::{mkdir_private, Changes, ExecContext, ExecError, ExecSpec, Mount, OutputSink, Tail};
+use crate::store::FileLock;
+use crate::worker::Root;
+
+/// The runtimes kiln knows, in the order it looks for them.
+pub const KNOWN: &[&str] = &["runc", "crun"];
+
+/// An OCI runtime binary.
+#[derive(Clone, Debug)]
+pub struct Runtime {
+    /// Its path.
+    pub path: PathBuf,
+}
+
+impl Runtime {
+    /// `configured` (a name on PATH or a path), else the first of [`KNOWN`] on PATH.
+    pub fn find(configured: Option<&str>) -> Result<Runtime, ExecError> {
+        let names: Vec<&str> = match configured {
+            Some(c) => vec![c],
+            None => KNOWN.to_vec(),
+        };
+        for name in &names {
+            if name.contains('/') {
+                if Path::new(name).is_file() {
+                    return Ok(Runtime { path: name.into() });
+                }
+                continue;
+            }
+            if let Some(p) = on_path(name) {
+                return Ok(Runtime { path: p });
+            }
+        }
+        Err(ExecError::Setup(format!(
+            "no OCI runtime found (looked for {}); install runc or crun (Debian packages \
+             `runc`, `crun`), or set [worker] runtime in kiln.toml",
+            names.join(", ")
+        )))
+    }
+
+    fn cmd(&self, state: &Path) -> Command {
+        let mut c = Command::new(&self.path);
+        c.arg("--root").arg(state);
+        c.stdin(Stdio::null());
+        c
+    }
+
+    /// Force-deletes container `id` (kills it first); errors are ignored: it may not exist.
+    fn delete(&self, state: &Path, id: &str) {
+        let _ = self
+            .cmd(state)
+            .args(["delete", "--force", "--", id])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+fn on_path(name: &str) -> Option<PathBuf> {
+    let path =
+        std::env::var_os("PATH").unwrap_or_else(|| OsString::from("/usr/sbin:/usr/bin:/sbin:/bin"));
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+/// The kiln root that `<root>/exec` is in (lock files are opened beneath it).
+fn kiln_root(exec_dir: &Path) -> &Path {
+    exec_dir.parent().unwrap_or(exec_dir)
+}
+
+fn state_dir(exec_dir: &Path) -> PathBuf {
+    exec_dir.join("state")
+}
+
+fn bundles_dir(exec_dir: &Path) -> PathBuf {
+    exec_dir.join("bundles")
+}
+
+/// One run's directory, locked while it exists. Dropping it unmounts and removes
+/// everything in it.
+#[derive(Debug)]
+pub struct Bundle {
+    id: String,
+    dir: PathBuf,
+    lock: Option<FileLock>,
+}
+
+impl Bundle {
+    /// Creates a new, locked bundle directory under `exec_dir`.
+    pub fn create(exec_dir: &Path) -> Result<Bundle, ExecError> {
+        let bundles = bundles_dir(exec_dir);
+        mkdir_private(&bundles)?;
+        mkdir_private(&state_dir(exec_dir))?;
+        let id = format!("kiln-{}", crate::job::new_job_id());
+        let dir = bundles.join(&id);
+        let lock = FileLock::acquire(kiln_root(exec_dir), &bundles.join(format!("{id}.lock")))
+            .map_err(|e| ExecError::setup("lock the run's bundle", e))?;
+        mkdir_private(&dir)?;
+        Ok(Bundle {
+            id,
+            dir,
+            lock: Some(lock),
+        })
+    }
+
+    /// The bundle directory.
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Runs `spec` over `base` in this bundle.
+    pub(super) fn run(
+        &self,
+        ctx: &ExecContext,
+        base: Option<&Path>,
+        spec: &ExecSpec,
+        cancel: &AtomicBool,
+        out: &dyn OutputSink,
+    ) -> Result<Changes, ExecError> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return Err(ExecError::Setup(
+                "run steps need kiln to run as root (rootless execution through user \
+                 namespaces is not implemented yet)"
+                    .into(),
+            ));
+        }
+        let rootfs = self.dir.join("rootfs");
+        let upper = self.dir.join("upper");
+        let work = self.dir.join("work");
+        for d in [&rootfs, &upper, &work] {
+            mkdir_private(d)?;
+        }
+        let empty = self.dir.join("empty");
+        let lower = match base {
+            Some(b) => b.to_path_buf(),
+            None => {
+                mkdir_private(&empty)?;
+                empty.clone()
+            }
+        };
+        let changes = match mount_overlay(&lower, &upper, &work, &rootfs) {
+            Ok(()) => Changes::Upper(upper.clone()),
+            Err(e) => {
+                tracing::warn!(
+                    "overlay mount failed ({e}); copying the base tree for this run instead"
+                );
+                if let Some(b) = base {
+                    crate::worker::copy_tree(b, &rootfs, Some(cancel))
+                        .map_err(|e| ExecError::setup("copy the base tree", e))?;
+                }
+                Changes::Full(rootfs.clone())
+            }
+        };
+        // The root directory of a run is world-readable like any image's.
+        set_mode(&rootfs, 0o755)?;
+
+        // Mount points the run creates but the base did not have are removed again.
+        let mut targets: Vec<&str> = spec::SYSTEM_TARGETS.to_vec();
+        targets.extend(spec.mounts.iter().map(Mount::target));
+        let stubs = Stubs::record(&rootfs, &targets);
+
+        let mut spec_mounts = Vec::new();
+        self.write_etc_files(&mut spec_mounts)?;
+        self.mount_secrets(spec, &mut spec_mounts)?;
+        for m in &spec.mounts {
+            match m {
+                Mount::Bind {
+                    source,
+                    target,
+                    readonly,
+                } => spec_mounts.push(SpecMount::bind(source, target, *readonly)),
+                Mount::Cache { dir, target } => {
+                    spec_mounts.push(SpecMount::bind(dir, target, false))
+                }
+                Mount::Tmpfs { target } => spec_mounts.push(SpecMount::tmpfs(target)),
+                Mount::Ssh { socket, target } => {
+                    spec_mounts.push(SpecMount::bind(socket, target, true))
+                }
+                Mount::Secret { .. } => {}
+            }
+        }
+        make_workdir(&rootfs, &spec.cwd)?;
+        let config = spec::config(spec, "kiln", &spec_mounts);
+        let bytes = serde_json::to_vec_pretty(&config).expect("JSON encodes");
+        fs::write(self.dir.join("config.json"), bytes)
+            .map_err(|e| ExecError::setup("write config.json", e))?;
+
+        let result = self.start_and_wait(ctx, spec, cancel, out);
+        // Tear down in every case; then remove what only the mounts needed.
+        unmount(&self.dir.join("secrets"))?;
+        unmount(&rootfs)?;
+        result?;
+        if let Changes::Upper(u) = &changes {
+            stubs.remove_from(u);
+        } else {
+            stubs.remove_from(&rootfs);
+        }
+        Ok(changes)
+    }
+
+    fn write_etc_files(&self, mounts: &mut Vec<SpecMount>) -> Result<(), ExecError> {
+        let hosts = self.dir.join("hosts");
+        fs::write(
+            &hosts,
+            "127.0.0.1\tlocalhost kiln\n::1\tlocalhost ip6-localhost ip6-loopback\n",
+        )
+        .map_err(|e| ExecError::setup("write /etc/hosts", e))?;
+        let resolv = self.dir.join("resolv.conf");
+        let host_resolv = fs::read("/etc/resolv.conf").unwrap_or_default();
+        fs::write(&resolv, host_resolv).map_err(|e| ExecError::setup("write resolv.conf", e))?;
+        for p in [&hosts, &resolv] {
+            set_mode(p, 0o644)?;
+        }
+        mounts.push(SpecMount::bind(&hosts, "/etc/hosts", true));
+        mounts.push(SpecMount::bind(&resolv, "/etc/resolv.conf", true));
+        Ok(())
+    }
+
+    fn mount_secrets(&self, spec: &ExecSpec, mounts: &mut Vec<SpecMount>) -> Result<(), ExecError> {
+        let secrets: Vec<(&Vec<u8>, &String)> = spec
+            .mounts
+            .iter()
+            .filter_map(|m| match m {
+                Mount::Secret { data, target } => Some((data, target)),
+                _ => None,
+            })
+            .collect();
+        if secrets.is_empty() {
+            return Ok(());
+        }
+        let dir = self.dir.join("secrets");
+        mkdir_private(&dir)?;
+        mount_tmpfs(&dir).map_err(|e| ExecError::setup("mount the secrets tmpfs", e))?;
+        for (i, (data, target)) in secrets.into_iter().enumerate() {
+            let file = dir.join(i.to_string());
+            fs::write(&file, data).map_err(|e| ExecError::setup("write a secret", e))?;
+            std::os::unix::fs::chown(&file, Some(spec.user.uid), Some(spec.user.gid))
+                .map_err(|e| ExecError::setup("chown a secret", e))?;
+            set_mode(&file, 0o400)?;
+            mounts.push(SpecMount::bind(&file, target, true));
+        }
+        // The container's user must reach the files through the tmpfs root.
+        set_mode(&dir, 0o711)?;
+        Ok(())
+    }
+
+    fn start_and_wait(
+        &self,
+        ctx: &ExecContext,
+        spec: &ExecSpec,
+        cancel: &AtomicBool,
+        out: &dyn OutputSink,
+    ) -> Result<(), ExecError> {
+        let state = state_dir(&ctx.dir);
+        let (reader, writer) = pipe().map_err(|e| ExecError::setup("create an output pipe", e))?;
+        let writer2 = writer
+            .try_clone()
+            .map_err(|e| ExecError::setup("create an output pipe", e))?;
+        let mut cmd = ctx.runtime.cmd(&state);
+        cmd.arg("run")
+            .arg("--bundle")
+            .arg(&self.dir)
+            .arg("--")
+            .arg(&self.id)
+            .stdout(writer)
+            .stderr(writer2)
+            // Its own process group: a terminal's Ctrl-C reaches kiln, which cancels.
+            .process_group(0);
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| ExecError::setup(format!("start {}", ctx.runtime.path.display()), e))?;
+        drop(cmd);
+        let tail = Arc::new(Mutex::new(Tail::default()));
+        let lines = std::thread::scope(|scope| {
+            let tail2 = tail.clone();
+            let reading = scope.spawn(move || {
+                let mut r = BufReader::new(reader);
+                let mut buf = Vec::new();
+                loop {
+                    buf.clear();
+                    match r.read_until(b'\n', &mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(_) => {
+                            let line = String::from_utf8_lossy(&buf);
+                            let line = line.trim_end_matches(['\n', '\r']);
+                            out.line(line);
+                            tail2.lock().expect("tail lock").push(line);
+                        }
+                    }
+                }
+            });
+            let status = loop {
+                if cancel.load(Ordering::Relaxed) {
+                    ctx.runtime.delete(&state, &self.id);
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break None;
+                }
+                match child.try_wait() {
+                    Ok(Some(s)) => break Some(s),
+                    Ok(None) => std::thread::sleep(Duration::from_millis(10)),
+                    Err(_) => {
+                        let _ = child.kill();
+                        break child.wait().ok();
+                    }
+                }
+            };
+            // The runtime exited; nothing else holds the pipe's write end, unless the
+            // container left a process behind — deleting it closes that too.
+            ctx.runtime.delete(&state, &self.id);
+            let _ = reading.join();
+            status
+        });
+        let Some(status) = lines else {
+            return Err(ExecError::Cancelled);
+        };
+        if status.success() {
+            return Ok(());
+        }
+        use std::os::unix::process::ExitStatusExt;
+        let code = status
+            .code()
+            .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
+        let tail = tail.lock().expect("tail lock").lines();
+        Err(ExecError::Failed {
+            what: crate::exec::describe_args(&spec.args),
+            code,
+            tail,
+        })
+    }
+}
+
+impl Drop for Bundle {
+    fn drop(&mut self) {
+        for m in mounts_under(&self.dir) {
+            let _ = unmount(&m);
+        }
+        let _ = fs::remove_dir_all(&self.dir);
+        if let Some(lock) = self.lock.take() {
+            lock.remove();
+        }
+    }
+}
+
+/// A pipe (read end, write end), both close-on-exec.
+fn pipe() -> std::io::Result<(fs::File, fs::File)> {
+    use std::os::fd::FromRawFd;
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: `fds` has room for the two descriptors pipe2 writes.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: pipe2 succeeded, so both are fresh descriptors owned by nobody else.
+    Ok(unsafe { (fs::File::from_raw_fd(fds[0]), fs::File::from_raw_fd(fds[1])) })
+}
+
+fn set_mode(p: &Path, mode: u32) -> Result<(), ExecError> {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(p, fs::Permissions::from_mode(mode))
+        .map_err(|e| ExecError::setup(format!("chmod {}", p.display()), e))
+}
+
+/// Creates the working directory inside the run's root (links resolve in the root).
+fn make_workdir(rootfs: &Path, cwd: &str) -> Result<(), ExecError> {
+    let host = Root::new(rootfs)
+        .resolve(cwd, true)
+        .map_err(|e| ExecError::setup(format!("workdir {cwd:?}"), e))?;
+    if host.is_dir() {
+        return Ok(());
+    }
+    fs::create_dir_all(&host).map_err(|e| ExecError::setup(format!("create workdir {cwd:?}"), e))
+}
+
+/// Deletes containers, mounts and bundles that a killed `kiln` left under `exec_dir`
+/// (bundles whose lock nobody holds). Bundles of running processes are left alone.
+pub fn reap_stale(exec_dir: &Path, runtime: Option<&Runtime>) {
+    let bundles = bundles_dir(exec_dir);
+    let Ok(entries) = fs::read_dir(&bundles) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(id) = name.strip_suffix(".lock") else {
+            continue;
+        };
+        let Ok(Some(lock)) = FileLock::try_existing(kiln_root(exec_dir), &e.path()) else {
+            continue;
+        };
+        tracing::info!("removing the run {id} that an earlier kiln left behind");
+        if let Some(rt) = runtime {
+            rt.delete(&state_dir(exec_dir), id);
+        }
+        let dir = bundles.join(id);
+        for m in mounts_under(&dir) {
+            let _ = unmount(&m);
+        }
+        let _ = fs::remove_dir_all(&dir);
+        lock.remove();
+    }
+}

@@ -1,0 +1,376 @@
+//! `run` steps end to end: the real binary runs commands through the machine's OCI
+//! runtime (runc or crun) over a static busybox tree.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use kiln_tests::{require_program, Env, Run};
+
+/// Requires what these tests run: root, a runtime and busybox.
+fn prerequisites() {
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "run steps need root: run the test suite as root"
+    );
+    require_program("runc", "runc");
+    require_program("busybox", "busybox-static");
+}
+
+/// A static busybox tree (the base of these tests) in `dir`.
+fn busybox_tree(dir: &Path) {
+    let busybox = Command::new("sh")
+        .args(["-c", "command -v busybox"])
+        .output()
+        .expect("sh");
+    let busybox = String::from_utf8_lossy(&busybox.stdout).trim().to_string();
+    std::fs::create_dir_all(dir.join("bin")).unwrap();
+    std::fs::create_dir_all(dir.join("etc")).unwrap();
+    std::fs::copy(&busybox, dir.join("bin/busybox")).unwrap();
+    for applet in [
+        "sh", "id", "echo", "cat", "ls", "rm", "mkdir", "touch", "sleep", "pwd", "wc", "grep",
+        "test", "env",
+    ] {
+        std::os::unix::fs::symlink("busybox", dir.join("bin").join(applet)).unwrap();
+    }
+    std::fs::write(
+        dir.join("etc/passwd"),
+        "root:x:0:0::/root:/bin/sh\nbuilder:x:1000:1000::/home/builder:/bin/sh\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("etc/group"), "root:x:0:\nbuilder:x:1000:\n").unwrap();
+    std::fs::write(dir.join("etc/doomed"), "delete me\n").unwrap();
+}
+
+/// An environment with the busybox base under `base/` and `def.toml` holding
+/// `[steps.base]` plus `steps`.
+fn project(steps: &str, output: &str) -> Env {
+    prerequisites();
+    let env = Env::new();
+    busybox_tree(&env.path("base"));
+    env.write("ctx/hello.txt", "hello from the context\n");
+    env.write(
+        "def.toml",
+        format!(
+            "version = 1\n[steps.base]\nsource = \"local://base\"\n[steps.ctx]\nsource = \"local://ctx\"\n{steps}\n[output]\nstep = \"{output}\"\n"
+        ),
+    );
+    env
+}
+
+fn build(env: &Env, extra: &[&str]) -> Run {
+    let mut args: Vec<String> = vec![
+        "--progress".into(),
+        "plain".into(),
+        "build".into(),
+        env.path("def.toml").display().to_string(),
+        "--local".into(),
+        format!("base={}", env.path("base").display()),
+        "--local".into(),
+        format!("ctx={}", env.path("ctx").display()),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    env.kiln(&args)
+}
+
+fn out_dir(env: &Env, name: &str) -> (String, PathBuf) {
+    let p = env.path(name);
+    (format!("type=local,dest={}", p.display()), p)
+}
+
+#[test]
+fn run_writes_files_with_env_workdir_user_and_is_cached() {
+    let env = project(
+        r#"
+[steps.app]
+base = "base"
+run = "echo \"$GREETING $(pwd) $(id -u):$(id -g)\" > /tmp/info; cat /tmp/info"
+env = { GREETING = "hi" }
+workdir = "/work"
+user = "builder"
+mounts = [{ type = "bind", from = "ctx", target = "/ctx" }]
+[steps.check]
+base = "app"
+run = ["/bin/sh", "-c", "cat /ctx/hello.txt > /seen; rm /etc/doomed"]
+mounts = [{ type = "bind", from = "ctx", target = "/ctx" }]
+"#,
+        "check",
+    );
+    // /tmp must be writable by the builder user.
+    std::fs::create_dir_all(env.path("base/tmp")).unwrap();
+    std::process::Command::new("chmod")
+        .args(["1777"])
+        .arg(env.path("base/tmp"))
+        .status()
+        .unwrap();
+    let (spec, out) = out_dir(&env, "out");
+    let r = build(&env, &["--output", &spec]);
+    r.success();
+    assert!(
+        r.stderr.contains("app | hi /work 1000:1000"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.join("tmp/info")).unwrap(),
+        "hi /work 1000:1000\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.join("seen")).unwrap(),
+        "hello from the context\n"
+    );
+    assert!(!out.join("etc/doomed").exists());
+    assert!(out.join("work").is_dir(), "the workdir is created");
+    // Mount points the base lacked are not in the result.
+    for stub in ["ctx", "proc", "sys", "dev", "etc/hosts", "etc/resolv.conf"] {
+        assert!(!out.join(stub).exists(), "{stub} left in the result");
+    }
+    // Unchanged: every step cached, nothing runs.
+    let r = build(&env, &[]);
+    r.success();
+    assert!(
+        r.stderr.contains("=> app CACHED") && r.stderr.contains("=> check CACHED"),
+        "{}",
+        r.stderr
+    );
+    // --no-cache runs it again.
+    let r = build(&env, &["--no-cache"]);
+    r.success();
+    assert!(r.stderr.contains("app | hi /work"), "{}", r.stderr);
+}
+
+#[test]
+fn a_failing_command_names_step_command_code_and_output() {
+    let env = project(
+        "[steps.bad]\nbase = \"base\"\nrun = \"echo some output; echo the reason >&2; exit 7\"\n",
+        "bad",
+    );
+    let r = build(&env, &[]);
+    r.expect_code(1);
+    let err = &r.stderr;
+    assert!(err.contains("bad"), "{err}");
+    assert!(
+        err.contains("exit 7") && err.contains("exited with code 7"),
+        "{err}"
+    );
+    assert!(
+        err.contains("the reason") && err.contains("some output"),
+        "{err}"
+    );
+}
+
+#[test]
+fn network_none_has_only_loopback() {
+    let env = project(
+        "[steps.net]\nbase = \"base\"\nrun = \"cat /proc/net/dev > /ifaces\"\nnetwork = \"none\"\n",
+        "net",
+    );
+    let (spec, out) = out_dir(&env, "out");
+    build(&env, &["--output", &spec]).success();
+    let text = std::fs::read_to_string(out.join("ifaces")).unwrap();
+    let names: Vec<&str> = text
+        .lines()
+        .skip(2)
+        .map(|l| l.trim().split(':').next().unwrap())
+        .collect();
+    assert_eq!(names, vec!["lo"]);
+}
+
+#[test]
+fn cache_mounts_persist_and_secrets_stay_out() {
+    let env = project(
+        r#"
+[steps.work]
+base = "base"
+run = "cat /run/secrets/token > /dev/null && echo run >> /cache/log; wc -l < /cache/log; echo secret-was-$(cat /run/secrets/token | wc -c)"
+mounts = [
+  { type = "cache", id = "c1", target = "/cache", sharing = "locked" },
+  { type = "secret", id = "token" },
+]
+"#,
+        "work",
+    );
+    let secret = env.write("token", "TOPSECRETVALUE");
+    let secret_arg = format!("id=token,src={}", secret.display());
+    let (spec, out) = out_dir(&env, "out1");
+    let r = build(&env, &["--secret", &secret_arg, "--output", &spec]);
+    r.success();
+    assert!(r.stderr.contains("work | 1"), "{}", r.stderr);
+    assert!(!r.stderr.contains("TOPSECRETVALUE"));
+    assert!(!out.join("cache").exists() && !out.join("run").exists());
+    let tar = env.path("out.tar");
+    let r = build(
+        &env,
+        &[
+            "--no-cache",
+            "--secret",
+            &secret_arg,
+            "--output",
+            &format!("type=tar,dest={}", tar.display()),
+        ],
+    );
+    r.success();
+    // The cache mount kept its file across builds.
+    assert!(r.stderr.contains("work | 2"), "{}", r.stderr);
+    let bytes = std::fs::read(&tar).unwrap();
+    assert!(!bytes.windows(14).any(|w| w == b"TOPSECRETVALUE"));
+    // A required secret that was not given fails the step and says how to give it.
+    let r = build(&env, &["--no-cache"]);
+    r.expect_code(1);
+    assert!(r.stderr.contains("--secret id=token"), "{}", r.stderr);
+}
+
+#[test]
+fn sigint_during_a_run_leaves_no_container_mount_or_staging() {
+    let env = project(
+        "[steps.long]\nbase = \"base\"\nrun = \"echo started; sleep 120\"\n",
+        "long",
+    );
+    let mut child = env
+        .command()
+        .args(["--progress", "plain", "build"])
+        .arg(env.path("def.toml"))
+        .arg("--local")
+        .arg(format!("base={}", env.path("base").display()))
+        .arg("--local")
+        .arg(format!("ctx={}", env.path("ctx").display()))
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let state = env.root().join("exec/state");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    // Wait until the container runs.
+    loop {
+        let listed = Command::new("runc")
+            .arg("--root")
+            .arg(&state)
+            .args(["list", "-q"])
+            .output()
+            .unwrap();
+        if !String::from_utf8_lossy(&listed.stdout).trim().is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the container never started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let started = Instant::now();
+    let status = child.wait().unwrap();
+    assert!(started.elapsed() < Duration::from_secs(30));
+    assert!(!status.success());
+    let listed = Command::new("runc")
+        .arg("--root")
+        .arg(&state)
+        .args(["list", "-q"])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&listed.stdout).trim().is_empty(),
+        "a container is left"
+    );
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mounts.contains(env.root().to_str().unwrap()),
+        "a mount is left under the root"
+    );
+    let bundles = env.root().join("exec/bundles");
+    let left: Vec<_> = std::fs::read_dir(&bundles)
+        .map(|d| d.flatten().collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "bundles left: {left:?}");
+    let tmp: Vec<_> = std::fs::read_dir(env.root().join("tmp"))
+        .map(|d| d.flatten().collect())
+        .unwrap_or_default();
+    assert!(tmp.is_empty(), "staging left: {tmp:?}");
+}
+
+#[test]
+fn two_processes_build_on_one_root() {
+    let env = project(
+        "[steps.one]\nbase = \"base\"\nrun = \"echo once >> /marker; sleep 1\"\n",
+        "one",
+    );
+    let spawn = |out: &str| {
+        env.command()
+            .args(["--progress", "plain", "build"])
+            .arg(env.path("def.toml"))
+            .arg("--local")
+            .arg(format!("base={}", env.path("base").display()))
+            .arg("--local")
+            .arg(format!("ctx={}", env.path("ctx").display()))
+            .arg("--output")
+            .arg(format!("type=local,dest={}", env.path(out).display()))
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (a, b) = (spawn("a"), spawn("b"));
+    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    assert!(a.status.success() && b.status.success());
+    let ran = [&a, &b]
+        .iter()
+        .filter(|o| String::from_utf8_lossy(&o.stderr).contains("=> one DONE"))
+        .count();
+    assert_eq!(ran, 1, "the step ran once across both processes");
+    for out in ["a", "b"] {
+        assert_eq!(
+            std::fs::read_to_string(env.path(out).join("marker")).unwrap(),
+            "once\n"
+        );
+    }
+}
+
+#[test]
+fn a_killed_kiln_leaves_nothing_the_next_run_does_not_reap() {
+    let env = project(
+        "[steps.long]\nbase = \"base\"\nrun = \"echo started; sleep 120\"\n",
+        "long",
+    );
+    let mut child = env
+        .command()
+        .args(["--progress", "plain", "build"])
+        .arg(env.path("def.toml"))
+        .arg("--local")
+        .arg(format!("base={}", env.path("base").display()))
+        .arg("--local")
+        .arg(format!("ctx={}", env.path("ctx").display()))
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let state = env.root().join("exec/state");
+    let list = || {
+        let o = Command::new("runc")
+            .arg("--root")
+            .arg(&state)
+            .args(["list", "-q"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout).trim().to_string()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while list().is_empty() {
+        assert!(Instant::now() < deadline, "the container never started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // The next build with a run step reaps the container, its mounts and its bundle.
+    env.write(
+        "def.toml",
+        "version = 1\n[steps.base]\nsource = \"local://base\"\n[steps.quick]\nbase = \"base\"\nrun = \"true\"\n[output]\nstep = \"quick\"\n",
+    );
+    std::os::unix::fs::symlink("busybox", env.path("base/bin/true")).unwrap();
+    build(&env, &[]).success();
+    assert!(list().is_empty(), "the killed run's container is left");
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mounts.contains(env.root().to_str().unwrap()),
+        "a mount is left under the root"
+    );
+    let left: Vec<_> = std::fs::read_dir(env.root().join("exec/bundles"))
+        .unwrap()
+        .flatten()
+        .collect();
+    assert!(left.is_empty(), "bundles left: {left:?}");
+}
