@@ -136,8 +136,11 @@ fn a_missing_plugin_fails_plugins_list_and_is_named_by_the_build() {
     );
     let run = with_config(&env, &config, &["plugins", "list", "--json"]);
     run.expect_code(2);
-    let failed: Vec<_> = run
-        .json()
+    let docs = run.json_docs();
+    assert_eq!(docs.len(), 2, "the listing, then the error: {}", run.stdout);
+    assert_eq!(docs[1]["error"]["code"], "invalid_config");
+    assert_eq!(docs[1]["error"]["plugin"], "io.kiln.source.v1.local");
+    let failed: Vec<_> = docs[0]
         .as_array()
         .unwrap()
         .iter()
@@ -206,8 +209,9 @@ fn cache_du_on_a_missing_root_creates_nothing() {
     assert_eq!(run.json()["snapshots"]["count"], 0);
     // Other read-only commands leave the root alone too.
     env.kiln(["plugins", "list"]).success();
+    env.kiln(["plugins", "show", "io.kiln.source.v1.image"])
+        .success();
     env.kiln(["config", "check"]).success();
-    env.kiln(["source", "resolve", "local://x"]).success();
     assert!(!root.exists(), "created: {:?}", entries(&root));
 
     // Once a build made the root, du measures it.
