@@ -260,3 +260,31 @@ fn a_bad_output_is_reported_once() {
     );
     assert!(run.stderr.contains("invalid --output"), "{}", run.stderr);
 }
+
+/// The settings of a TOML text: lines without comments and blanks.
+fn settings(text: &str) -> Vec<String> {
+    text.lines()
+        .map(|l| match l.find(" #") {
+            Some(i) if l[..i].matches('"').count() % 2 == 0 => &l[..i],
+            _ => l,
+        })
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn the_readme_config_example_is_the_real_default() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
+        .expect("README.md");
+    let section = &readme[readme
+        .find("## Configuration")
+        .expect("a Configuration section")..];
+    let start = section.find("```toml\n").expect("a toml example") + 8;
+    let example = &section[start..start + section[start..].find("```").unwrap()];
+    let env = Env::new();
+    let default = env.kiln(["config", "default"]);
+    default.success();
+    assert_eq!(settings(example), settings(&default.stdout));
+}
