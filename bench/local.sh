@@ -12,15 +12,15 @@
 # Outputs are kept until the end so that no deletion runs between timings. The tree is
 # left alone for a moment before the incremental rows so that its files are older than
 # the first build's walk (files changed in the walk's clock tick are copied again).
-# FILES=N, BIG_FILES=N (0: skip) and RUNS=N override the defaults; KILN=path picks the
-# binary.
+# FILES=N, BIG_FILES=N (0: skip), RUNS=N and BENCH_DIR=DIR (e.g. a disk instead of
+# /dev/shm) override the defaults; KILN=path picks the binary.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 ensure_kiln
 runs="${RUNS:-7}"
 files="${FILES:-20000}"
 big_files="${BIG_FILES:-100000}"
-base=/dev/shm
+base="${BENCH_DIR:-/dev/shm}"
 [ -d "$base" ] && [ -w "$base" ] || base="${TMPDIR:-/tmp}"
 work=$(mktemp -d "$base/kiln-bench-local.XXXXXX")
 trap 'rm -rf "$work"' EXIT

@@ -30,7 +30,12 @@ impl AppContext {
         max_log_level: u8,
         opts: LoadOptions,
     ) -> Result<Self, ConfigError> {
-        let host = Arc::new(HostContext::new(root.clone(), max_log_level));
+        let host = HostContext::new(root.clone(), max_log_level);
+        let host = Arc::new(if opts.read_only {
+            host.read_only()
+        } else {
+            host
+        });
         let registry = plugins::load(&config, &host, opts)?;
         let sources =
             Arc::new(SourceManager::new(&registry.loaded).with_unavailable(&registry.statuses));

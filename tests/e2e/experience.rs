@@ -136,8 +136,11 @@ fn a_missing_plugin_fails_plugins_list_and_is_named_by_the_build() {
     );
     let run = with_config(&env, &config, &["plugins", "list", "--json"]);
     run.expect_code(2);
-    let failed: Vec<_> = run
-        .json()
+    let docs = run.json_docs();
+    assert_eq!(docs.len(), 2, "the listing, then the error: {}", run.stdout);
+    assert_eq!(docs[1]["error"]["code"], "invalid_config");
+    assert_eq!(docs[1]["error"]["plugin"], "io.kiln.source.v1.local");
+    let failed: Vec<_> = docs[0]
         .as_array()
         .unwrap()
         .iter()
@@ -206,8 +209,9 @@ fn cache_du_on_a_missing_root_creates_nothing() {
     assert_eq!(run.json()["snapshots"]["count"], 0);
     // Other read-only commands leave the root alone too.
     env.kiln(["plugins", "list"]).success();
+    env.kiln(["plugins", "show", "io.kiln.source.v1.image"])
+        .success();
     env.kiln(["config", "check"]).success();
-    env.kiln(["source", "resolve", "local://x"]).success();
     assert!(!root.exists(), "created: {:?}", entries(&root));
 
     // Once a build made the root, du measures it.
@@ -255,4 +259,32 @@ fn a_bad_output_is_reported_once() {
         run.stderr
     );
     assert!(run.stderr.contains("invalid --output"), "{}", run.stderr);
+}
+
+/// The settings of a TOML text: lines without comments and blanks.
+fn settings(text: &str) -> Vec<String> {
+    text.lines()
+        .map(|l| match l.find(" #") {
+            Some(i) if l[..i].matches('"').count() % 2 == 0 => &l[..i],
+            _ => l,
+        })
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn the_readme_config_example_is_the_real_default() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
+        .expect("README.md");
+    let section = &readme[readme
+        .find("## Configuration")
+        .expect("a Configuration section")..];
+    let start = section.find("```toml\n").expect("a toml example") + 8;
+    let example = &section[start..start + section[start..].find("```").unwrap()];
+    let env = Env::new();
+    let default = env.kiln(["config", "default"]);
+    default.success();
+    assert_eq!(settings(example), settings(&default.stdout));
 }

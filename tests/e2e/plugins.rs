@@ -29,10 +29,19 @@ fn list(env: &Env, config: &Path) -> Vec<serde_json::Value> {
         "list".as_ref(),
         "--json".as_ref(),
     ]);
-    let rows = run.json().as_array().expect("array").clone();
-    // `plugins list` exits 2 exactly when a configured, enabled plugin failed.
+    let docs = run.json_docs();
+    let rows = docs[0].as_array().expect("array").clone();
+    // `plugins list` exits 2 exactly when a configured, enabled plugin failed, and
+    // then follows the listing with the error object.
     let failed = rows.iter().any(|r| r["status"] == "failed");
-    run.expect_code(if failed { 2 } else { 0 });
+    if failed {
+        run.expect_code(2);
+        assert_eq!(docs.len(), 2, "{}", run.stdout);
+        assert_eq!(docs[1]["error"]["code"], "invalid_config", "{}", run.stdout);
+    } else {
+        run.expect_code(0);
+        assert_eq!(docs.len(), 1, "{}", run.stdout);
+    }
     rows
 }
 
@@ -614,7 +623,7 @@ fn panics_in_describe_new_source_and_drop_never_take_the_host_down() {
             .unwrap()
             .into();
         run.expect_code(2);
-        let rows = run.json();
+        let rows = run.json_docs()[0].clone();
         assert_eq!(rows[0]["status"], "failed", "{rows}");
         assert_eq!(rows[0]["reason"], reason, "{rows}");
     }

@@ -71,6 +71,22 @@ impl Run {
         })
     }
 
+    /// Every JSON document on stdout, in order: a command run with `--json` that
+    /// fails after printing its result (e.g. `plugins list` with a failed plugin)
+    /// prints the result, then `{"error": {…}}`. Panics with both streams if stdout is
+    /// not a sequence of JSON documents.
+    pub fn json_docs(&self) -> Vec<serde_json::Value> {
+        serde_json::Deserializer::from_str(&self.stdout)
+            .into_iter::<serde_json::Value>()
+            .collect::<Result<_, _>>()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "stdout is not a sequence of JSON documents ({e}):\n{}\nstderr:\n{}",
+                    self.stdout, self.stderr
+                )
+            })
+    }
+
     /// Panics with both streams unless the exit code is `code`.
     #[track_caller]
     pub fn expect_code(&self, code: i32) -> &Self {

@@ -34,7 +34,10 @@ pub fn run(g: &Globals, cmd: ConfigCommand) -> Result<(), CliError> {
             };
             // Parse first, so that a bad file is reported before any plugin runs.
             let config = Config::load(globals.config.as_deref())?;
-            let app = globals.app(LoadOptions::default())?;
+            let app = globals.app(LoadOptions {
+                read_only: true,
+                ..Default::default()
+            })?;
             let count = |st: Status| {
                 app.plugin_statuses
                     .iter()

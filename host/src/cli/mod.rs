@@ -60,10 +60,6 @@ pub struct CliError {
     pub plugin: Option<String>,
     /// The build step concerned, if any.
     pub step: Option<String>,
-    /// The command already printed its answer on stdout (e.g. `plugins list --json`
-    /// listing a failed plugin): `--json` adds no error object after it, so stdout
-    /// stays one JSON document.
-    pub answered: bool,
 }
 
 impl CliError {
@@ -75,7 +71,6 @@ impl CliError {
             kind: "failed",
             plugin: None,
             step: None,
-            answered: false,
         }
     }
     /// A usage error (exit code 2, code `usage`).
@@ -86,7 +81,6 @@ impl CliError {
             kind: "usage",
             plugin: None,
             step: None,
-            answered: false,
         }
     }
     /// Sets the machine-readable code.
@@ -97,11 +91,6 @@ impl CliError {
     /// Names the plugin concerned.
     pub fn with_plugin(mut self, plugin: impl Into<String>) -> Self {
         self.plugin = Some(plugin.into());
-        self
-    }
-    /// Marks the answer as already printed on stdout (see [`CliError::answered`]).
-    pub fn answered(mut self) -> Self {
-        self.answered = true;
         self
     }
     /// Names the step concerned.
@@ -371,7 +360,7 @@ pub fn main() -> ExitCode {
         Err(e) => {
             // Scripts read the object on stdout; people (and logs) keep the line on
             // stderr. Errors echo identifiers, paths and server replies: cut and escaped.
-            if json && !e.answered {
+            if json {
                 println!("{}", e.to_json());
             }
             eprintln!("error: {}", crate::text::for_terminal(&e.message));

@@ -58,7 +58,10 @@ pub fn run(g: &Globals, cmd: PluginsCommand) -> Result<(), CliError> {
 
 fn list(g: &Globals, json: bool) -> Result<(), CliError> {
     // Only the JSON listing shows each file's sha256, so only it pays for hashing.
-    let app = g.app(LoadOptions { hash_all: json })?;
+    let app = g.app(LoadOptions {
+        hash_all: json,
+        read_only: true,
+    })?;
     if json {
         let rows: Vec<serde_json::Value> = app.plugin_statuses.iter().map(to_json).collect();
         println!("{}", serde_json::to_string_pretty(&rows).expect("JSON"));
@@ -88,8 +91,9 @@ fn list(g: &Globals, json: bool) -> Result<(), CliError> {
     failures(&app.plugin_statuses)
 }
 
-/// A configuration error (exit code 2) naming every configured, enabled plugin that
-/// failed to load (their reasons are in the listing above it), so that scripts and
+/// A configuration error (exit code 2, code `invalid_config`) naming every configured,
+/// enabled plugin that failed to load (their reasons are in the listing printed before
+/// it; with `--json` the error object follows the listing), so that scripts and
 /// service checks notice; `Ok` when none did. Skipped plugins (which asked to be left
 /// out) and disabled ones are not failures.
 fn failures(statuses: &[PluginStatus]) -> Result<(), CliError> {
@@ -101,17 +105,24 @@ fn failures(statuses: &[PluginStatus]) -> Result<(), CliError> {
     if failed.is_empty() {
         return Ok(());
     }
-    Err(CliError::usage(format!(
+    let e = CliError::usage(format!(
         "{} configured plugin{} failed to load (see the listing for why): {}",
         failed.len(),
         if failed.len() == 1 { "" } else { "s" },
         failed.join(", ")
     ))
-    .answered())
+    .with_code("invalid_config");
+    Err(match failed.as_slice() {
+        [one] => e.with_plugin(*one),
+        _ => e,
+    })
 }
 
 fn show(g: &Globals, id: &str, json: bool) -> Result<(), CliError> {
-    let app = g.app(LoadOptions { hash_all: true })?;
+    let app = g.app(LoadOptions {
+        hash_all: true,
+        read_only: true,
+    })?;
     let Some(s) = app.plugin_statuses.iter().find(|s| s.id == id) else {
         let known: Vec<&str> = app.plugin_statuses.iter().map(|s| s.id.as_str()).collect();
         return Err(CliError::usage(format!(

@@ -26,6 +26,8 @@ pub struct HostContext {
     root: PathBuf,
     max_level: AtomicU8,
     store: OnceLock<Result<Arc<Store>, String>>,
+    /// State directories are handed out but not created (see [`HostContext::read_only`]).
+    read_only: bool,
 }
 
 impl HostContext {
@@ -36,7 +38,15 @@ impl HostContext {
             root,
             max_level: AtomicU8::new(max_level),
             store: OnceLock::new(),
+            read_only: false,
         }
+    }
+
+    /// For commands that only read: plugins' state directories are not created (the
+    /// standard plugins create what they write into when they write).
+    pub fn read_only(mut self) -> Self {
+        self.read_only = true;
+        self
     }
 
     /// The kiln root.
@@ -95,14 +105,12 @@ impl HostServices for Services {
     }
 
     fn state_dir(&self) -> RString {
-        // Computed without opening the store: plugins ask for it at start-up. A root
-        // that does not exist yet is not created for it (read-only commands such as
-        // `cache du` must create nothing); the plugin creates its folder when it
-        // first writes there.
-        if !self.host.root.exists() {
+        if self.host.read_only {
+            // The id is a plain name (checked when the configuration was read).
             let d = self.host.root.join("plugins").join(&self.plugin_id);
             return d.to_string_lossy().into_owned().into();
         }
+        // Computed without opening the store: plugins ask for it at start-up.
         match Store::plugin_state_dir_in(&self.host.root, &self.plugin_id) {
             Ok(d) => d.to_string_lossy().into_owned().into(),
             Err(e) => {

@@ -115,6 +115,10 @@ pub struct Registry {
 pub struct LoadOptions {
     /// Hash every plugin file (for `plugins list`), not just the pinned ones.
     pub hash_all: bool,
+    /// The command only reads (`plugins list`, `config check`): plugins get their
+    /// state directory's path, but it is not created, so that such a command on a
+    /// root that does not exist creates nothing.
+    pub read_only: bool,
 }
 
 /// Loads every configured plugin. Per-plugin problems become statuses; problems of the

@@ -364,7 +364,7 @@ impl Worker<'_> {
         };
         let mut keep_as = obj;
         if reuse {
-            match fs::hard_link(kept.object_path(obj), &item.dest) {
+            match kept.link_object(obj, &item.dest) {
                 Ok(()) => return Ok(Done::Reused),
                 Err(e) => {
                     // A missing object or a full link count: copy, and keep the copy

@@ -79,7 +79,16 @@ pub fn attributes() -> Vec<AttrSpec> {
             String,
             "a hint for reusing an earlier transfer",
         ),
-        AttrSpec::new(ATTR_DIFFER, String, "metadata (default) or none"),
+        AttrSpec::new(
+            ATTR_DIFFER,
+            String,
+            "metadata (default: unchanged files come from the last snapshot) or none (copy all)",
+        ),
+        AttrSpec::new(
+            ATTR_IGNORE_FILE,
+            String,
+            "ignore file (.dockerignore syntax) in the context; default .dockerignore, empty: none",
+        ),
         AttrSpec::new(
             ATTR_IGNORE_FILE,
             String,

@@ -16,7 +16,8 @@
 //! its state directory (`<root>/plugins/io.kiln.source.v1.local/contexts/<key>/`):
 //!
 //! - `objects/`: one hard link to every regular file it wrote into the last snapshot,
-//!   under a number that is never reused;
+//!   under a number that is never reused (one flat folder, linked to and from through
+//!   one open handle, so that each link resolves a single name);
 //! - `manifest`: for each file of the last snapshot, its path in the context, the
 //!   source's stat (device, inode, size, mtime, ctime, mode, owner) as seen by that walk,
 //!   and its object number.
@@ -78,9 +79,10 @@
 //! that part is not incremental yet.
 
 use std::collections::{HashMap, HashSet};
+use std::ffi::CString;
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Write};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -88,7 +90,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use sha2::{Digest, Sha256};
 
-const MAGIC: &[u8] = b"kiln-local-kept 1\n";
+const MAGIC: &[u8] = b"kiln-local-kept 2\n";
 
 /// A context whose kept copy was not used for this long is removed by [`sweep`].
 pub const UNUSED_CONTEXT_AGE: std::time::Duration = std::time::Duration::from_secs(7 * 86400);
@@ -205,6 +207,8 @@ fn coarse_now() -> (i64, i64) {
 pub struct Kept {
     dir: PathBuf,
     objects: PathBuf,
+    /// `objects/`, opened once: links to and from it resolve one name, not a path.
+    objects_fd: OwnedFd,
     /// The last snapshot's files, by path relative to the context (raw bytes).
     prev: HashMap<Vec<u8>, Record>,
     /// When the last snapshot's walk started (coarse clock).
@@ -270,9 +274,11 @@ impl Kept {
             }
         };
         fs::create_dir_all(&objects)?;
+        let objects_fd = open_dir_path(&objects)?;
         Ok(Some(Kept {
             dir,
             objects,
+            objects_fd,
             prev,
             prev_started,
             started,
@@ -309,23 +315,45 @@ impl Kept {
         self.next_obj.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Where object `obj` lives (256 subfolders, created as needed).
+    /// Where object `obj` lives.
     pub fn object_path(&self, obj: u64) -> PathBuf {
-        self.objects
-            .join(format!("{:02x}", obj & 0xff))
-            .join(format!("{obj:x}"))
+        self.objects.join(format!("{obj:x}"))
+    }
+
+    fn object_name(obj: u64) -> CString {
+        CString::new(format!("{obj:x}")).expect("hex has no NUL")
+    }
+
+    /// Hard-links object `obj` as `dest` (a new name in a staging directory).
+    pub fn link_object(&self, obj: u64, dest: &Path) -> io::Result<()> {
+        let name = Self::object_name(obj);
+        let dest = path_cstr(dest)?;
+        // SAFETY: both strings are valid C strings; objects_fd is an open directory.
+        check(unsafe {
+            libc::linkat(
+                self.objects_fd.as_raw_fd(),
+                name.as_ptr(),
+                libc::AT_FDCWD,
+                dest.as_ptr(),
+                0,
+            )
+        })
     }
 
     /// Hard-links the finished copy `file` as object `obj`.
     pub fn keep(&self, file: &Path, obj: u64) -> io::Result<()> {
-        let path = self.object_path(obj);
-        match fs::hard_link(file, &path) {
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                fs::create_dir_all(path.parent().expect("object folder"))?;
-                fs::hard_link(file, &path)
-            }
-            r => r,
-        }
+        let name = Self::object_name(obj);
+        let file = path_cstr(file)?;
+        // SAFETY: both strings are valid C strings; objects_fd is an open directory.
+        check(unsafe {
+            libc::linkat(
+                libc::AT_FDCWD,
+                file.as_ptr(),
+                self.objects_fd.as_raw_fd(),
+                name.as_ptr(),
+                0,
+            )
+        })
     }
 
     /// Ends a successful snapshot whose files are `records` (objects in `failed` were
@@ -344,7 +372,9 @@ impl Kept {
             .filter(|o| !used.contains(o))
             .collect();
         for obj in stale.iter().chain(failed.iter()) {
-            match fs::remove_file(self.object_path(*obj)) {
+            let name = Self::object_name(*obj);
+            // SAFETY: name is a valid C string; objects_fd is an open directory.
+            match check(unsafe { libc::unlinkat(self.objects_fd.as_raw_fd(), name.as_ptr(), 0) }) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) => return Err(e),
@@ -379,6 +409,36 @@ impl Kept {
         }
         fs::rename(&tmp, self.dir.join("manifest"))
     }
+}
+
+fn path_cstr(p: &Path) -> io::Result<CString> {
+    CString::new(p.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))
+}
+
+fn check(rc: libc::c_int) -> io::Result<()> {
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Opens directory `p` as a handle for `*at` calls.
+fn open_dir_path(p: &Path) -> io::Result<OwnedFd> {
+    let c = path_cstr(p)?;
+    // SAFETY: c is a valid C string.
+    let fd = unsafe {
+        libc::open(
+            c.as_ptr(),
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd was just opened and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// Reads a manifest; `None` when it is not one for `source` written in this boot.

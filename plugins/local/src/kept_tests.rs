@@ -379,7 +379,7 @@ fn a_missing_object_is_copied_again() {
     snap(src.path(), state.path(), &o);
     let objects = state.path().join("contexts/ctx/objects");
     for d in fs::read_dir(&objects).unwrap() {
-        fs::remove_dir_all(d.unwrap().path()).unwrap();
+        fs::remove_file(d.unwrap().path()).unwrap();
     }
     let (out, st) = snap(src.path(), state.path(), &o);
     assert_same(src.path(), out.path(), &o);

@@ -181,7 +181,7 @@ impl SourceInstance for LocalStep {
         let task = format!("transferring {}", id.name);
         job.progress_start(&task, 0);
         let cancelled = || job.is_cancelled();
-        // At most one update per PROGRESS_EVERY (the copy reports every batch).
+        // At most one update per PROGRESS_EVERY_MS (the copy reports every batch).
         let started = std::time::Instant::now();
         let last_ms = std::sync::atomic::AtomicU64::new(0);
         let progress = |done: u64, total: u64| {
@@ -250,9 +250,10 @@ impl SourceInstance for LocalStep {
 }
 
 impl LocalStep {
-    /// The kept state of this context (and its key) when this snapshot may use it: the `metadata`
-    /// differ, a store staging directory as `dest`, and no other snapshot of the same
-    /// context running. Problems with the state only cost speed (logged at debug).
+    /// The kept state of this context (and its key) when this snapshot may use it:
+    /// the `metadata` differ, a store staging directory as `dest`, and no other
+    /// snapshot of the same context running. Problems with the state only cost speed
+    /// (logged at debug).
     fn kept(&self, dir: &Path, dest: &Path) -> Option<(Kept, String)> {
         if self.id.differ == Differ::None {
             return None;
