@@ -347,6 +347,16 @@ fn kill_9_mid_download_then_rerun_fetches_only_the_remainder() {
     }
     child.kill().expect("kill -9"); // SIGKILL
     child.wait().unwrap();
+    // The server records the cut request when its handler notices the closed
+    // connection; wait for that record, or it would land among the rerun's.
+    let started = Instant::now();
+    while !srv.requests().iter().any(|r| r.path == "/k9") {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the cut request was never recorded"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let first = srv.body_bytes();
     srv.route("/k9", Route::bytes(body.clone()).etag("\"k9\""));
     srv.reset_counters();
