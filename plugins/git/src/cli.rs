@@ -12,6 +12,12 @@
 //! - runs in its own process group, killed (SIGTERM, then SIGKILL) on cancel or timeout,
 //!   and killed by the kernel if the thread that started it dies;
 //! - callers put `--` before every positional argument.
+//!
+//! The one exception is [`GitCli::file_remote`]: the calls for a `file://` remote the
+//! plugin's `allow_file_remotes` switch let through add `-c protocol.file.allow=always`
+//! after the hardening (a later `-c` wins), so the remote, and `file://` submodules of
+//! that local repository, can be read. Calls for any other remote keep `user`, which
+//! refuses `file://` submodules.
 
 use std::ffi::{OsStr, OsString};
 use std::io::Read;
@@ -77,6 +83,8 @@ pub struct GitCli {
     pub known_hosts: Option<PathBuf>,
     /// Extra environment entries (e.g. `GIT_INDEX_FILE`).
     pub extra_env: Vec<(OsString, OsString)>,
+    /// The calls are for an allowed `file://` remote: `protocol.file.allow=always`.
+    pub file_remote: bool,
 }
 
 /// What a finished git call printed.
@@ -102,6 +110,7 @@ impl GitCli {
             ssh_auth_sock: None,
             known_hosts: None,
             extra_env: Vec::new(),
+            file_remote: false,
         }
     }
 
@@ -142,6 +151,9 @@ impl GitCli {
             c.env(k, v);
         }
         c.args(HARDENING);
+        if self.file_remote {
+            c.args(["-c", "protocol.file.allow=always"]);
+        }
         match dir {
             Some(d) => {
                 c.arg("-C").arg(d);
@@ -413,6 +425,29 @@ mod tests {
             "{}",
             out.stdout
         );
+    }
+
+    #[test]
+    fn file_remotes_get_the_file_protocol_always() {
+        let mut cli = GitCli::new(
+            crate::find_git(None).expect("needs git: apt-get install git"),
+            Duration::from_secs(30),
+        );
+        let get = |cli: &GitCli| {
+            cli.run::<&str>(
+                None,
+                None,
+                &["config", "--get", "protocol.file.allow"],
+                "config",
+            )
+            .unwrap()
+            .stdout
+            .trim()
+            .to_string()
+        };
+        assert_eq!(get(&cli), "user");
+        cli.file_remote = true;
+        assert_eq!(get(&cli), "always");
     }
 
     #[test]
