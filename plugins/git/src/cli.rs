@@ -346,6 +346,20 @@ fn classify(what: &str, stderr: &str) -> PluginError {
     let msg = redact(&msg.join("; "));
     let lower = msg.to_ascii_lowercase();
     let text = format!("{what}: {msg}");
+    if lower.contains("detected dubious ownership") {
+        // A local (file://) repository of another user. git's own hint (a --global
+        // safe.directory) cannot apply: kiln's git reads no global config.
+        let repo = msg
+            .split("dubious ownership in repository at ")
+            .nth(1)
+            .and_then(|r| r.split(';').next())
+            .unwrap_or("the repository");
+        return PluginError::unauthorized(format!(
+            "{what}: git refuses to read {repo}: it is owned by another user than the one \
+             kiln runs as (git's safe.directory check; kiln's git reads no global config); \
+             run kiln as that user or give the repository to kiln's user"
+        ));
+    }
     if lower.contains("could not read username") || lower.contains("authentication failed") {
         PluginError::unauthorized(format!(
             "{text} (the remote wants credentials: give a token or header with --secret \
@@ -476,6 +490,25 @@ mod tests {
         assert!(!cmd
             .get_args()
             .any(|a| a.to_string_lossy().contains("secret")));
+    }
+
+    #[test]
+    fn a_repository_of_another_user_is_explained() {
+        let e = classify(
+            "resolving ref \"main\" of file:///srv/r.git",
+            "fatal: detected dubious ownership in repository at '/srv/r.git'\n\
+             To add an exception for this directory, call:\n\n\
+             \tgit config --global --add safe.directory /srv/r.git\n\
+             fatal: Could not read from remote repository.\n",
+        );
+        assert_eq!(e.code, kiln_plugin_api::ErrorCode::UNAUTHORIZED);
+        assert_eq!(
+            e.message,
+            "resolving ref \"main\" of file:///srv/r.git: git refuses to read '/srv/r.git': it \
+             is owned by another user than the one kiln runs as (git's safe.directory check; \
+             kiln's git reads no global config); run kiln as that user or give the \
+             repository to kiln's user"
+        );
     }
 
     #[test]
