@@ -1307,3 +1307,235 @@ fn ssh_through_the_forwarded_agent_with_known_hosts() {
     run.expect_code(1);
     assert!(out(&run).contains("Permission denied"), "{}", out(&run));
 }
+
+/// A kiln.toml loading the git plugin with `allow_file_remotes` set as given (or left
+/// out), and the `--config` arguments naming it.
+fn file_remote_config(fx: &Fx, allow: Option<bool>) -> [String; 2] {
+    let so = kiln_tests::plugin_file("kiln_source_git");
+    let mut toml = format!(
+        "version = 1\nrequired_plugins = [\"io.kiln.source.v1.git\"]\n\
+         [plugins.\"io.kiln.source.v1.git\"]\npath = {:?}\n",
+        so.display().to_string()
+    );
+    if let Some(allow) = allow {
+        toml.push_str(&format!(
+            "[plugins.\"io.kiln.source.v1.git\".config]\nallow_file_remotes = {allow}\n"
+        ));
+    }
+    let name = format!("kiln-file-{allow:?}.toml");
+    let cfg = fx.env.write(&name, toml);
+    ["--config".into(), cfg.display().to_string()]
+}
+
+/// `kiln source CMD` of the local repository `bare` through `git.fullurl=file://…`,
+/// with the canonical identifier `git://localhost<path>`.
+fn file_source(
+    fx: &Fx,
+    cfg: &[String],
+    cmd: &str,
+    bare: &Path,
+    fragment: &str,
+    attrs: &[(&str, &str)],
+    dest: Option<&str>,
+) -> Run {
+    let mut args: Vec<String> = cfg.to_vec();
+    args.extend(["--progress", "plain", "source", cmd].map(String::from));
+    args.push(format!("git://localhost{}#{fragment}", bare.display()));
+    args.extend(["--json".into(), "--attr".into()]);
+    args.push(format!("git.fullurl=file://{}", bare.display()));
+    for (k, v) in attrs {
+        args.push("--attr".into());
+        args.push(format!("{k}={v}"));
+    }
+    if let Some(d) = dest {
+        args.push("--dest".into());
+        args.push(fx.env.path(d).display().to_string());
+    }
+    fx.env.kiln(&args)
+}
+
+#[test]
+fn file_remotes_are_refused_unless_the_config_allows_them() {
+    let fx = Fx::new();
+    standard_repo(&fx);
+    let bare = fx.served.join("repo.git");
+    let file_url = format!("file://{}", bare.display());
+    let want = format!(
+        "git://localhost{}#main: file:// remotes ({file_url}) are disabled; set \
+         allow_file_remotes = true in [plugins.\"io.kiln.source.v1.git\".config] of \
+         kiln.toml to allow them",
+        bare.display()
+    );
+    // Without a config table, and with the switch written off.
+    for cfg in [
+        file_remote_config(&fx, None),
+        file_remote_config(&fx, Some(false)),
+    ] {
+        let run = file_source(&fx, &cfg, "fetch", &bare, "main", &[], Some("out"));
+        run.expect_code(1);
+        assert!(out(&run).contains(&want), "{}", out(&run));
+        assert!(!fx.env.path("out").exists());
+        assert_eq!(shared_repos(&fx.env.root()), Vec::<PathBuf>::new());
+    }
+    // The URL given as the identifier itself is refused the same way.
+    let cfg = file_remote_config(&fx, None);
+    let mut args = cfg.to_vec();
+    args.extend(["source", "resolve", &format!("git://{file_url}#main")].map(String::from));
+    let run = fx.env.kiln(&args);
+    run.expect_code(1);
+    assert!(
+        out(&run).contains("allow_file_remotes = true"),
+        "{}",
+        out(&run)
+    );
+    // Other non-network spellings never reach git either.
+    let run = fx.env.kiln([
+        cfg[0].as_str(),
+        cfg[1].as_str(),
+        "source",
+        "resolve",
+        "git://localhost/x.git",
+        "--attr",
+        "git.fullurl=file://elsewhere/x.git",
+    ]);
+    run.expect_code(2);
+    assert!(
+        out(&run).contains("the host must be empty or localhost"),
+        "{}",
+        out(&run)
+    );
+}
+
+#[test]
+fn allowed_file_remotes_fetch_with_the_keys_of_any_transport() {
+    let fx = Fx::new();
+    let refs = standard_repo(&fx);
+    let bare = fx.served.join("repo.git");
+    let cfg = file_remote_config(&fx, Some(true));
+    let d = GitDaemon::start(&fx.served);
+    let daemon = d.url("repo.git");
+
+    // Keys and pins are those of the same repository over git daemon: the remote (and
+    // so the local path) is never in them.
+    for (fragment, attrs, key, pin) in [
+        ("main", &[][..], refs.main.clone(), refs.main.clone()),
+        ("", &[][..], refs.main.clone(), refs.main.clone()),
+        ("v1", &[][..], refs.feature.clone(), refs.v1_tag.clone()),
+        (
+            "feature:",
+            &[("git.keepgitdir", "true")][..],
+            format!("{}.git#refs/heads/feature", refs.feature),
+            refs.feature.clone(),
+        ),
+    ] {
+        let run = file_source(&fx, &cfg, "resolve", &bare, fragment, attrs, None);
+        assert_eq!(key_pin(&run), (key.clone(), pin.clone()), "{fragment}");
+        let over_daemon = fx.resolve(&daemon, fragment, attrs);
+        assert_eq!(
+            key_pin(&over_daemon),
+            (key, pin),
+            "{fragment} over git daemon"
+        );
+    }
+
+    let run = file_source(&fx, &cfg, "fetch", &bare, "feature", &[], Some("out"));
+    assert_eq!(key_pin(&run).0, refs.feature);
+    assert_eq!(tree(&fx.env.path("out")), ["a", "f"]);
+    // One shared repository, for the file remote (resolving fetched nothing).
+    assert_eq!(shared_repos(&fx.env.root()).len(), 1);
+
+    // keepgitdir: origin is the file remote.
+    let run = file_source(
+        &fx,
+        &cfg,
+        "fetch",
+        &bare,
+        "main",
+        &[("git.keepgitdir", "true")],
+        Some("kept"),
+    );
+    run.success();
+    let kept = fx.env.path("kept");
+    assert_eq!(git(&kept, &["rev-parse", "HEAD"]), refs.main);
+    assert_eq!(
+        git(&kept, &["remote", "get-url", "origin"]),
+        format!("file://{}", bare.display())
+    );
+
+    // A new commit on the local remote is seen by the next resolve and fetch.
+    let r = Repo::new(&fx.served, &fx.work, "repo.git");
+    r.write("b", "b\n");
+    let next = r.commit("three");
+    r.push();
+    let run = file_source(&fx, &cfg, "fetch", &bare, "main", &[], Some("next"));
+    assert_eq!(key_pin(&run).0, next);
+    assert_eq!(tree(&fx.env.path("next")), ["a", "b"]);
+}
+
+#[test]
+fn file_submodules_are_read_only_below_an_allowed_file_remote() {
+    let fx = Fx::new();
+    let lib = fx.repo("lib.git");
+    lib.write("libfile", "lib\n");
+    lib.commit("lib");
+    lib.push();
+    let lib_url = format!("file://{}", lib.bare.display());
+    let app = fx.repo("app.git");
+    app.write("app", "app\n");
+    app.git(&[
+        "submodule",
+        "add",
+        "-q",
+        &lib.bare.display().to_string(),
+        "vendor/lib",
+    ]);
+    app.git(&[
+        "config",
+        "-f",
+        ".gitmodules",
+        "submodule.vendor/lib.url",
+        &lib_url,
+    ]);
+    app.commit("file submodule");
+    app.push();
+    let cfg = file_remote_config(&fx, Some(true));
+
+    // Served over the network, the repository must not make kiln read the local file
+    // system, whatever the switch says. (Run first: once the local fetch below has
+    // cached the commit, the same key would be a cache hit.)
+    let d = GitDaemon::start(&fx.served);
+    let url = d.url("app.git");
+    let ident = identifier(&url, "main");
+    let dest = fx.env.path("remote").display().to_string();
+    let run = fx.env.kiln(
+        [
+            cfg[0].as_str(),
+            &cfg[1],
+            "source",
+            "fetch",
+            &ident,
+            "--attr",
+            &format!("git.fullurl={url}"),
+            "--dest",
+            &dest,
+        ]
+        .as_slice(),
+    );
+    run.expect_code(1);
+    assert!(out(&run).contains("'file' not allowed"), "{}", out(&run));
+    assert!(!fx.env.path("remote/vendor/lib/libfile").exists());
+
+    // Below a local remote the operator allowed, its local submodule is read.
+    let run = file_source(&fx, &cfg, "fetch", &app.bare, "main", &[], Some("local"));
+    run.success();
+    assert_eq!(
+        tree(&fx.env.path("local")),
+        [
+            ".gitmodules",
+            "app",
+            "vendor",
+            "vendor/lib",
+            "vendor/lib/libfile"
+        ]
+    );
+}

@@ -68,7 +68,8 @@ pub fn apply(cli: &mut GitCli, id: &GitIdentifier, job: &Job<'_>, tmp: &Path) ->
                 cleanup.0 = Some(p);
             }
         }
-        Protocol::Git => {}
+        // No credentials travel over git:// or to a local repository.
+        Protocol::Git | Protocol::File => {}
     }
     Ok(cleanup)
 }

@@ -12,6 +12,12 @@
 //! - runs in its own process group, killed (SIGTERM, then SIGKILL) on cancel or timeout,
 //!   and killed by the kernel if the thread that started it dies;
 //! - callers put `--` before every positional argument.
+//!
+//! The one exception is [`GitCli::file_remote`]: the calls for a `file://` remote the
+//! plugin's `allow_file_remotes` switch let through add `-c protocol.file.allow=always`
+//! after the hardening (a later `-c` wins), so the remote, and `file://` submodules of
+//! that local repository, can be read. Calls for any other remote keep `user`, which
+//! refuses `file://` submodules.
 
 use std::ffi::{OsStr, OsString};
 use std::io::Read;
@@ -77,6 +83,8 @@ pub struct GitCli {
     pub known_hosts: Option<PathBuf>,
     /// Extra environment entries (e.g. `GIT_INDEX_FILE`).
     pub extra_env: Vec<(OsString, OsString)>,
+    /// The calls are for an allowed `file://` remote: `protocol.file.allow=always`.
+    pub file_remote: bool,
 }
 
 /// What a finished git call printed.
@@ -102,6 +110,7 @@ impl GitCli {
             ssh_auth_sock: None,
             known_hosts: None,
             extra_env: Vec::new(),
+            file_remote: false,
         }
     }
 
@@ -142,6 +151,9 @@ impl GitCli {
             c.env(k, v);
         }
         c.args(HARDENING);
+        if self.file_remote {
+            c.args(["-c", "protocol.file.allow=always"]);
+        }
         match dir {
             Some(d) => {
                 c.arg("-C").arg(d);
@@ -334,6 +346,20 @@ fn classify(what: &str, stderr: &str) -> PluginError {
     let msg = redact(&msg.join("; "));
     let lower = msg.to_ascii_lowercase();
     let text = format!("{what}: {msg}");
+    if lower.contains("detected dubious ownership") {
+        // A local (file://) repository of another user. git's own hint (a --global
+        // safe.directory) cannot apply: kiln's git reads no global config.
+        let repo = msg
+            .split("dubious ownership in repository at ")
+            .nth(1)
+            .and_then(|r| r.split(';').next())
+            .unwrap_or("the repository");
+        return PluginError::unauthorized(format!(
+            "{what}: git refuses to read {repo}: it is owned by another user than the one \
+             kiln runs as (git's safe.directory check; kiln's git reads no global config); \
+             run kiln as that user or give the repository to kiln's user"
+        ));
+    }
     if lower.contains("could not read username") || lower.contains("authentication failed") {
         PluginError::unauthorized(format!(
             "{text} (the remote wants credentials: give a token or header with --secret \
@@ -416,6 +442,29 @@ mod tests {
     }
 
     #[test]
+    fn file_remotes_get_the_file_protocol_always() {
+        let mut cli = GitCli::new(
+            crate::find_git(None).expect("needs git: apt-get install git"),
+            Duration::from_secs(30),
+        );
+        let get = |cli: &GitCli| {
+            cli.run::<&str>(
+                None,
+                None,
+                &["config", "--get", "protocol.file.allow"],
+                "config",
+            )
+            .unwrap()
+            .stdout
+            .trim()
+            .to_string()
+        };
+        assert_eq!(get(&cli), "user");
+        cli.file_remote = true;
+        assert_eq!(get(&cli), "always");
+    }
+
+    #[test]
     fn config_travels_in_the_environment() {
         let mut cli = GitCli::new(
             crate::find_git(None).expect("needs git: apt-get install git"),
@@ -441,6 +490,25 @@ mod tests {
         assert!(!cmd
             .get_args()
             .any(|a| a.to_string_lossy().contains("secret")));
+    }
+
+    #[test]
+    fn a_repository_of_another_user_is_explained() {
+        let e = classify(
+            "resolving ref \"main\" of file:///srv/r.git",
+            "fatal: detected dubious ownership in repository at '/srv/r.git'\n\
+             To add an exception for this directory, call:\n\n\
+             \tgit config --global --add safe.directory /srv/r.git\n\
+             fatal: Could not read from remote repository.\n",
+        );
+        assert_eq!(e.code, kiln_plugin_api::ErrorCode::UNAUTHORIZED);
+        assert_eq!(
+            e.message,
+            "resolving ref \"main\" of file:///srv/r.git: git refuses to read '/srv/r.git': it \
+             is owned by another user than the one kiln runs as (git's safe.directory check; \
+             kiln's git reads no global config); run kiln as that user or give the \
+             repository to kiln's user"
+        );
     }
 
     #[test]

@@ -783,8 +783,10 @@ mod tests {
         );
         let e = parse_err("httpx://github.com/x", &[]);
         assert!(e.contains("unsupported git protocol \"httpx\""), "{e}");
-        let e = parse_err("file:///etc", &[]);
-        assert!(e.contains("unsupported git protocol \"file\""), "{e}");
+        let e = parse_err("svn://h/x", &[]);
+        assert!(e.contains("unsupported git protocol \"svn\""), "{e}");
+        let e = parse_err("file://elsewhere/x.git", &[]);
+        assert!(e.contains("the host must be empty or localhost"), "{e}");
         let e = parse_err("https://u:hunter2@[/repo.git", &[]);
         assert!(
             e.contains("invalid git URL") && !e.contains("hunter2"),
@@ -1027,5 +1029,41 @@ mod tests {
         let id =
             GitIdentifier::parse("example.com/r.git", &attrs(&[("git.sig.pubkey", ssh)])).unwrap();
         assert_eq!(id.signature.unwrap().pubkey, ssh);
+    }
+
+    /// kiln's `file://` remotes: the canonical identifier is `git://localhost/<path>`
+    /// (host and cleaned path, as for every transport), which `git.fullurl` must match.
+    #[test]
+    fn file_remote_identifiers() {
+        let id = GitIdentifier::parse("file:///srv/git/repo.git#v1:docs", &attrs(&[])).unwrap();
+        assert_eq!(id.to_string(), "git://localhost/srv/git/repo.git#v1:docs");
+        assert_eq!(id.remote.protocol(), crate::url::Protocol::File);
+        assert_eq!(id.remote.command_arg(), "file:///srv/git/repo.git");
+        assert_eq!((id.reference.as_str(), id.subdir.as_str()), ("v1", "docs"));
+
+        let id = GitIdentifier::parse(
+            "localhost/srv/git/repo.git#main",
+            &attrs(&[("git.fullurl", "file:///srv/git/repo.git")]),
+        )
+        .unwrap();
+        assert_eq!(id.to_string(), "git://localhost/srv/git/repo.git#main");
+        assert_eq!(id.remote.command_arg(), "file:///srv/git/repo.git");
+
+        let e = parse_err(
+            "localhost/srv/git/repo.git",
+            &[("git.fullurl", "file:///srv/git/other.git")],
+        );
+        assert!(
+            e.contains("git.fullurl does not match source identifier"),
+            "{e}"
+        );
+        let e = parse_err(
+            "example.com/srv/git/repo.git",
+            &[("git.fullurl", "file:///srv/git/repo.git")],
+        );
+        assert!(
+            e.contains("git.fullurl does not match source identifier"),
+            "{e}"
+        );
     }
 }

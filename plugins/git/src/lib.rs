@@ -10,7 +10,16 @@
 //! ```toml
 //! git = "/usr/bin/git"     # the git program (default: `git` on PATH)
 //! timeout_secs = 3600      # a git call running longer is killed (default 3600)
+//! allow_file_remotes = false  # allow `git.fullurl=file:///ABS/PATH` (default false)
 //! ```
+//!
+//! `file://` remotes (BuildKit has none) read a repository on the machine running kiln,
+//! so they are refused unless `allow_file_remotes = true`. An allowed one is resolved,
+//! fetched, keyed and pinned like any other remote (canonical identifier
+//! `git://localhost/ABS/PATH`; the path is never in the key), and only its git calls get
+//! `protocol.file.allow=always`: its own `file://` submodules are then read too, while
+//! submodules of network remotes stay refused from the local file system whatever the
+//! switch says.
 //!
 //! The plugin is skipped (not failed) when the `git` program is not found, as
 //! BuildKit registers its git source only when `git version` runs.
@@ -54,6 +63,8 @@ pub struct GitConfig {
     pub git: Option<PathBuf>,
     /// Seconds after which a git call is killed.
     pub timeout_secs: u64,
+    /// Whether `file://` remotes (repositories on this machine) may be used.
+    pub allow_file_remotes: bool,
 }
 
 impl Default for GitConfig {
@@ -61,14 +72,25 @@ impl Default for GitConfig {
         Self {
             git: None,
             timeout_secs: 3600,
+            allow_file_remotes: false,
         }
     }
+}
+
+/// The error for a `file://` remote while `allow_file_remotes` is off.
+fn file_remotes_refused(id: &GitIdentifier) -> PluginError {
+    PluginError::unsupported(format!(
+        "{id}: file:// remotes ({}) are disabled; set allow_file_remotes = true in \
+         [plugins.\"{PLUGIN_ID}\".config] of kiln.toml to allow them",
+        id.remote
+    ))
 }
 
 /// What every step of this plugin shares.
 struct Shared {
     git: PathBuf,
     timeout: Duration,
+    allow_file_remotes: bool,
     state: PathBuf,
     memo: Memo,
 }
@@ -131,6 +153,9 @@ impl Source for GitSource {
                 "{id}: git.bundle and git.checkoutbundle are not supported by this kiln"
             )));
         }
+        if id.remote.protocol() == url::Protocol::File && !self.shared.allow_file_remotes {
+            return Err(file_remotes_refused(&id));
+        }
         if id.signature.is_some() {
             return Err(PluginError::unsupported(format!(
                 "{id}: git.sig.* signature verification is not supported by this kiln"
@@ -160,6 +185,13 @@ impl GitStep {
     /// The hardened git with this job's auth (and the known-hosts file it needs).
     fn cli(&self, job: &Job<'_>) -> Result<(GitCli, auth::Cleanup)> {
         let mut cli = GitCli::new(self.shared.git.clone(), self.shared.timeout);
+        // Only reachable when allowed (see `identifier`); checked again all the same.
+        if self.id.remote.protocol() == url::Protocol::File {
+            if !self.shared.allow_file_remotes {
+                return Err(file_remotes_refused(&self.id));
+            }
+            cli.file_remote = true;
+        }
         let cleanup = auth::apply(&mut cli, &self.id, job, &self.shared.state.join("tmp"))?;
         Ok((cli, cleanup))
     }
@@ -313,6 +345,7 @@ impl Plugin for GitSource {
             shared: Arc::new(Shared {
                 git,
                 timeout: Duration::from_secs(config.timeout_secs),
+                allow_file_remotes: config.allow_file_remotes,
                 state: host.state_dir(),
                 memo: Memo::default(),
             }),
@@ -328,11 +361,16 @@ mod tests {
     use kiln_plugin_api::ErrorCode;
 
     fn source() -> GitSource {
+        source_with(false)
+    }
+
+    fn source_with(allow_file_remotes: bool) -> GitSource {
         GitSource {
             git: PathBuf::from("git"),
             shared: Arc::new(Shared {
                 git: PathBuf::from("git"),
                 timeout: Duration::from_secs(60),
+                allow_file_remotes,
                 state: PathBuf::from("/nonexistent"),
                 memo: Memo::default(),
             }),
@@ -378,9 +416,30 @@ mod tests {
     }
 
     #[test]
+    fn file_remotes_follow_the_switch() {
+        let req = request(
+            "localhost/srv/repo.git#main",
+            &[("git.fullurl", "file:///srv/repo.git")],
+        );
+        let e = source().identifier(&req).unwrap_err();
+        assert_eq!(e.code, ErrorCode::UNSUPPORTED);
+        assert_eq!(
+            e.message,
+            "git://localhost/srv/repo.git#main: file:// remotes (file:///srv/repo.git) are \
+             disabled; set allow_file_remotes = true in \
+             [plugins.\"io.kiln.source.v1.git\".config] of kiln.toml to allow them"
+        );
+        let id = source_with(true).identifier(&req).unwrap();
+        assert_eq!(id.remote.command_arg(), "file:///srv/repo.git");
+        let c: GitConfig = parse_config("allow_file_remotes = true\n").unwrap();
+        assert!(c.allow_file_remotes);
+    }
+
+    #[test]
     fn config_is_strict() {
         let c: GitConfig = parse_config("").unwrap();
         assert_eq!(c.timeout_secs, 3600);
+        assert!(!c.allow_file_remotes);
         let e = parse_config::<GitConfig>("depth = 1\n").unwrap_err();
         assert_eq!(e.code, ErrorCode::INVALID_CONFIG);
         assert!(e.message.contains("depth"), "{}", e.message);

@@ -2,6 +2,9 @@
 //!
 //! Accepted forms:
 //! - `http://`, `https://`, `ssh://` and `git://` URLs (scheme case-insensitive);
+//! - `file:///abs/path` (or `file://localhost/abs/path`): a repository on this machine.
+//!   BuildKit refuses it; kiln parses it here and the plugin allows it only when its
+//!   `allow_file_remotes` config switch is on;
 //! - scp-style `[user@]host:path` (ssh);
 //! - anything else that is not a transport, such as `github.com/x/y.git`, is read as
 //!   `https://` plus the text (see [`parse_remote`]).
@@ -29,6 +32,8 @@ pub enum Protocol {
     Ssh,
     /// `git://` (the git daemon protocol)
     Git,
+    /// `file://` (a repository on the local file system; see the module docs)
+    File,
 }
 
 impl Protocol {
@@ -39,6 +44,7 @@ impl Protocol {
             "https" => Some(Self::Https),
             "ssh" => Some(Self::Ssh),
             "git" => Some(Self::Git),
+            "file" => Some(Self::File),
             _ => None,
         }
     }
@@ -50,16 +56,18 @@ impl Protocol {
             Self::Https => "https",
             Self::Ssh => "ssh",
             Self::Git => "git",
+            Self::File => "file",
         }
     }
 
-    /// The port used when a URL names none.
+    /// The port used when a URL names none (empty for `file`, which has no port).
     pub fn default_port(self) -> &'static str {
         match self {
             Self::Http => "80",
             Self::Https => "443",
             Self::Ssh => "22",
             Self::Git => "9418",
+            Self::File => "",
         }
     }
 }
@@ -73,9 +81,12 @@ impl fmt::Display for Protocol {
 /// Why a remote URL was refused. Messages never contain credentials.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum UrlError {
-    /// A `scheme://` other than http, https, ssh or git.
-    #[error("unsupported git protocol \"{0}\" (expected http, https, ssh or git)")]
+    /// A `scheme://` other than http, https, ssh, git or file.
+    #[error("unsupported git protocol \"{0}\" (expected http, https, ssh, git or file)")]
     UnsupportedProtocol(String),
+    /// A `file://` URL that is not `file:///ABSOLUTE/PATH` (or `file://localhost/…`).
+    #[error("invalid file URL: {0} (expected file:///ABSOLUTE/PATH)")]
+    InvalidFileUrl(&'static str),
     /// The text is neither a URL with a scheme nor scp-style (callers then try https).
     #[error("not a git transport URL")]
     NotTransport,
@@ -120,19 +131,23 @@ impl GitUrl {
     }
 
     /// The host as written, with its port if one was given (`example.com:2222`,
-    /// `[::1]:9418`).
+    /// `[::1]:9418`); `localhost` for a `file:///` URL.
     pub fn host(&self) -> &str {
-        &self.host
+        if self.protocol == Protocol::File && self.host.is_empty() {
+            "localhost"
+        } else {
+            &self.host
+        }
     }
 
     /// The host without its port, lowercased.
     pub fn hostname(&self) -> String {
-        split_port(&self.host).0.to_ascii_lowercase()
+        split_port(self.host()).0.to_ascii_lowercase()
     }
 
     /// The port, if one was written.
     pub fn port(&self) -> Option<&str> {
-        split_port(&self.host).1
+        split_port(self.host()).1
     }
 
     /// The port, if one was written and it is not the protocol's default.
@@ -276,7 +291,7 @@ pub fn parse_remote(s: &str) -> Result<GitUrl, UrlError> {
     }
 }
 
-/// Parses `scheme://…` (http, https, ssh, git) or scp-style `[user@]host:path`.
+/// Parses `scheme://…` (http, https, ssh, git, file) or scp-style `[user@]host:path`.
 /// Anything else is [`UrlError::NotTransport`].
 pub fn parse_transport(s: &str) -> Result<GitUrl, UrlError> {
     if s.chars().any(|c| c.is_ascii_control()) {
@@ -285,9 +300,58 @@ pub fn parse_transport(s: &str) -> Result<GitUrl, UrlError> {
     if let Some((scheme, rest)) = split_scheme(s) {
         let protocol = Protocol::from_scheme(scheme)
             .ok_or_else(|| UrlError::UnsupportedProtocol(scheme.to_ascii_lowercase()))?;
+        if protocol == Protocol::File {
+            return parse_file_url(rest);
+        }
         return parse_url_form(protocol, rest);
     }
     parse_scp(s).ok_or(UrlError::NotTransport)
+}
+
+/// `file://[localhost]/ABSOLUTE/PATH[#fragment]`: no user, port or query, and a path
+/// that names a directory by itself (no `.` or `..` components), so what git opens is
+/// exactly what the URL says.
+fn parse_file_url(rest: &str) -> Result<GitUrl, UrlError> {
+    let (before_fragment, fragment) = match rest.split_once('#') {
+        Some((b, f)) => (b, Some(percent_decode(f, "fragment")?)),
+        None => (rest, None),
+    };
+    if before_fragment.contains('?') {
+        return Err(UrlError::InvalidFileUrl("a file URL has no query"));
+    }
+    let slash = before_fragment
+        .find('/')
+        .ok_or(UrlError::InvalidFileUrl("the path must be absolute"))?;
+    let (host, path) = before_fragment.split_at(slash);
+    if host.contains('@') {
+        return Err(UrlError::InvalidFileUrl("a file URL has no user"));
+    }
+    if !(host.is_empty() || host.eq_ignore_ascii_case("localhost")) {
+        return Err(UrlError::InvalidFileUrl(
+            "the host must be empty or localhost",
+        ));
+    }
+    let decoded = percent_decode(path, "path")?;
+    if decoded.chars().any(|c| c.is_ascii_control()) {
+        return Err(UrlError::ControlCharacter);
+    }
+    if decoded.trim_end_matches('/').is_empty() {
+        return Err(UrlError::InvalidFileUrl("the path names no repository"));
+    }
+    if decoded.split('/').any(|c| c == "." || c == "..") {
+        return Err(UrlError::InvalidFileUrl(
+            "the path must not contain . or .. components",
+        ));
+    }
+    Ok(GitUrl {
+        protocol: Protocol::File,
+        scp: false,
+        userinfo: None,
+        host: host.to_string(),
+        path: path.to_string(),
+        query: None,
+        fragment,
+    })
 }
 
 /// Whether `s` is already a transport (BuildKit's `IsGitTransport`).
@@ -721,7 +785,7 @@ mod tests {
     fn unsupported_protocols_are_refused() {
         for url in [
             "httpx://github.com/moby/buildkit",
-            "file:///etc/passwd",
+            "svn://h/x",
             "git+ssh://h/x",
         ] {
             assert!(
@@ -743,8 +807,79 @@ mod tests {
             parse_transport("httpx://github.com/x")
                 .unwrap_err()
                 .to_string(),
-            "unsupported git protocol \"httpx\" (expected http, https, ssh or git)"
+            "unsupported git protocol \"httpx\" (expected http, https, ssh, git or file)"
         );
+    }
+
+    /// `file://` remotes parse (the plugin decides whether to use them): the host is
+    /// empty or localhost, the path absolute and literal; the git argument is the URL
+    /// as written.
+    #[test]
+    fn file_urls() {
+        let u = parse_remote("file:///srv/git/my%20repo.git#v1:docs").unwrap();
+        assert_eq!(u.protocol(), Protocol::File);
+        assert!(!u.is_scp());
+        assert_eq!(u.host(), "localhost");
+        assert_eq!(u.hostname(), "localhost");
+        assert_eq!(u.port(), None);
+        assert_eq!(u.user(), None);
+        assert!(!u.has_credentials());
+        assert_eq!(u.raw_path(), "/srv/git/my%20repo.git");
+        assert_eq!(u.canonical_path(), "/srv/git/my repo.git");
+        assert_eq!(u.fragment(), Some("v1:docs"));
+        assert_eq!(
+            u.without_fragment().command_arg(),
+            "file:///srv/git/my%20repo.git"
+        );
+        assert_eq!(u.to_string(), "file:///srv/git/my%20repo.git#v1:docs");
+        assert!(is_transport("file:///srv/x.git"));
+
+        let u = parse_transport("FILE://LocalHost/srv/x.git").unwrap();
+        assert_eq!(u.protocol(), Protocol::File);
+        assert_eq!(u.hostname(), "localhost");
+        assert_eq!(u.command_arg(), "file://LocalHost/srv/x.git");
+
+        for (url, why) in [
+            (
+                "file://otherhost/srv/x.git",
+                "the host must be empty or localhost",
+            ),
+            ("file://user:pw@/srv/x.git", "a file URL has no user"),
+            (
+                "file://localhost:22/srv/x.git",
+                "the host must be empty or localhost",
+            ),
+            (
+                "file://relative/../x",
+                "the host must be empty or localhost",
+            ),
+            ("file://", "the path must be absolute"),
+            ("file:///", "the path names no repository"),
+            (
+                "file:///srv/../etc/x.git",
+                "the path must not contain . or .. components",
+            ),
+            (
+                "file:///srv/%2e%2e/x.git",
+                "the path must not contain . or .. components",
+            ),
+            (
+                "file:///srv/x.git?upload-pack=sh",
+                "a file URL has no query",
+            ),
+        ] {
+            assert_eq!(
+                parse_remote(url).unwrap_err(),
+                UrlError::InvalidFileUrl(why),
+                "{url}"
+            );
+        }
+        assert_eq!(
+            parse_remote("file:///srv/x%0a.git").unwrap_err(),
+            UrlError::ControlCharacter
+        );
+        let e = parse_remote("file://user:pw@/x").unwrap_err().to_string();
+        assert!(!e.contains("pw"), "{e}");
     }
 
     /// BuildKit's `TestIsImplicitSSHTransport`, plus kiln's host:port rule.
