@@ -390,3 +390,99 @@ fn the_runtime_comes_from_the_worker_table_of_the_config() {
     r.expect_code(2);
     assert!(r.stderr.contains("runtim"), "{}", r.stderr);
 }
+
+#[test]
+fn mount_stubs_are_never_removed_through_a_planted_link() {
+    // The command moves the folder holding two mount points away and plants a link
+    // to a host folder in its place (BuildKit's CVE-2024-23652).
+    let env = project(
+        r#"
+[steps.evil]
+base = "base"
+run = "mv /a /moved && ln -s HOSTDIR /a"
+mounts = [{ type = "tmpfs", target = "/a/victim" }, { type = "tmpfs", target = "/a/victimdir" }]
+"#,
+        "evil",
+    );
+    let host = env.path("host-canary");
+    std::fs::create_dir_all(host.join("victimdir")).unwrap();
+    std::fs::write(host.join("victim"), "").unwrap();
+    let def = std::fs::read_to_string(env.path("def.toml")).unwrap();
+    env.write("def.toml", def.replace("HOSTDIR", host.to_str().unwrap()));
+    build(&env, &[]).success();
+    assert!(host.join("victim").exists(), "a host file was removed");
+    assert!(host.join("victimdir").is_dir(), "a host folder was removed");
+}
+
+#[test]
+fn secrets_under_other_mounts_long_lines_and_workdir_modes() {
+    let env = project(
+        r#"
+[steps.s]
+base = "base"
+workdir = "/work/sub"
+user = "builder"
+run = "cat /run/secrets/tok; echo; ls -ld /work | cut -c1-10; head -c 200000 /dev/zero | tr '\\0' a; echo; echo end"
+mounts = [{ type = "tmpfs", target = "/run" }, { type = "secret", id = "tok", target = "/run/secrets/tok" }]
+"#,
+        "s",
+    );
+    let secret = env.write("tok", "from-the-secret");
+    let mut cmd = env.command();
+    cmd.args(build_args(
+        &env,
+        &["--secret", &format!("id=tok,src={}", secret.display())],
+    ));
+    use std::os::unix::process::CommandExt;
+    // SAFETY: umask is async-signal-safe and touches nothing else.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::umask(0o077);
+            Ok(())
+        })
+    };
+    let r = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&r.stderr);
+    assert!(r.status.success(), "{stderr}");
+    // The secret is mounted after the tmpfs that holds its folder.
+    assert!(stderr.contains("s | from-the-secret"), "{stderr}");
+    // Folders kiln makes for the workdir are 0755 whatever its umask.
+    assert!(stderr.contains("s | drwxr-xr-x"), "{stderr}");
+    // A 200,000-byte line arrives in pieces of at most 64 KiB.
+    let longest = stderr
+        .lines()
+        .filter(|l| l.contains("s | aaaa"))
+        .map(str::len)
+        .max()
+        .unwrap_or(0);
+    assert!(longest > 0 && longest < 70_000, "longest line {longest}");
+    assert!(stderr.contains("s | end"), "{stderr}");
+}
+
+#[test]
+fn snapshots_are_private_to_kiln_and_cache_ids_are_used_once_per_step() {
+    let env = project(
+        "[steps.s]\nbase = \"base\"\nrun = \"true\"\nmounts = [{ type = \"cache\", id = \"c\", target = \"/x\" }, { type = \"cache\", id = \"c\", target = \"/y\" }]\n",
+        "s",
+    );
+    let r = build(&env, &[]);
+    r.expect_code(2);
+    assert!(
+        r.stderr.contains("two cache mounts use the id \"c\""),
+        "{}",
+        r.stderr
+    );
+    env.write(
+        "def.toml",
+        "version = 1\n[steps.base]\nsource = \"local://base\"\n[output]\nstep = \"base\"\n",
+    );
+    build(&env, &[]).success();
+    use std::os::unix::fs::PermissionsExt;
+    for dir in ["snapshots", "tmp"] {
+        let mode = std::fs::metadata(env.root().join(dir))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o700, "{dir}");
+    }
+}

@@ -228,6 +228,17 @@ pub(super) fn parse_run(
     if let Some(w) = targets.windows(2).find(|w| w[0] == w[1]) {
         return Err(err(name, format!("two mounts target {}", w[0])));
     }
+    let mut ids: Vec<&str> = mounts
+        .iter()
+        .filter_map(|m| match m {
+            RunMount::Cache { id, .. } => Some(id.as_str()),
+            _ => None,
+        })
+        .collect();
+    ids.sort_unstable();
+    if let Some(w) = ids.windows(2).find(|w| w[0] == w[1]) {
+        return Err(err(name, format!("two cache mounts use the id {:?}", w[0])));
+    }
     if targets.contains(&"/") {
         return Err(err(name, "a mount cannot target / (that is the base)"));
     }

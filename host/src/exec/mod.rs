@@ -50,8 +50,9 @@ pub enum Network {
     None,
 }
 
-/// One mount of a run, with host-side sources already resolved.
-#[derive(Clone, Debug)]
+/// One mount of a run, with host-side sources already resolved. Its `Debug` form
+/// never shows a secret's value.
+#[derive(Clone)]
 pub enum Mount {
     /// A host directory or file (another step's tree) at `target`.
     Bind {
@@ -88,6 +89,39 @@ pub enum Mount {
         /// Where it appears inside.
         target: String,
     },
+}
+
+impl std::fmt::Debug for Mount {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Mount::Secret { data, target } => f
+                .debug_struct("Secret")
+                .field("data", &format_args!("<{} bytes>", data.len()))
+                .field("target", target)
+                .finish(),
+            Mount::Bind {
+                source,
+                target,
+                readonly,
+            } => f
+                .debug_struct("Bind")
+                .field("source", source)
+                .field("target", target)
+                .field("readonly", readonly)
+                .finish(),
+            Mount::Cache { dir, target } => f
+                .debug_struct("Cache")
+                .field("dir", dir)
+                .field("target", target)
+                .finish(),
+            Mount::Tmpfs { target } => f.debug_struct("Tmpfs").field("target", target).finish(),
+            Mount::Ssh { socket, target } => f
+                .debug_struct("Ssh")
+                .field("socket", socket)
+                .field("target", target)
+                .finish(),
+        }
+    }
 }
 
 impl Mount {
@@ -192,8 +226,21 @@ pub fn run(
     out: &dyn OutputSink,
 ) -> Result<(Bundle, Changes), ExecError> {
     let bundle = Bundle::create(&ctx.dir)?;
-    let changes = bundle.run(ctx, base, spec, cancel, out)?;
+    let changes = run_in(&bundle, ctx, base, spec, cancel, out)?;
     Ok((bundle, changes))
+}
+
+/// [`run`] in a bundle the caller created first ([`Bundle::create`]), e.g. to keep
+/// private copies for read-write bind mounts inside it (under [`Bundle::scratch`]).
+pub fn run_in(
+    bundle: &Bundle,
+    ctx: &ExecContext,
+    base: Option<&Path>,
+    spec: &ExecSpec,
+    cancel: &AtomicBool,
+    out: &dyn OutputSink,
+) -> Result<Changes, ExecError> {
+    bundle.run(ctx, base, spec, cancel, out)
 }
 
 pub use runtime::Bundle;

@@ -124,6 +124,14 @@ impl Bundle {
         &self.dir
     }
 
+    /// A private folder `name` inside the bundle for the caller's own files (removed
+    /// with the bundle, and reaped with it after a `kill -9`).
+    pub fn scratch(&self, name: &str) -> Result<PathBuf, ExecError> {
+        let d = self.dir.join("scratch").join(name);
+        mkdir_private(&d)?;
+        Ok(d)
+    }
+
     /// Runs `spec` over `base` in this bundle.
     pub(super) fn run(
         &self,
@@ -178,7 +186,9 @@ impl Bundle {
 
         let mut spec_mounts = Vec::new();
         self.write_etc_files(&mut spec_mounts)?;
-        self.mount_secrets(spec, &mut spec_mounts)?;
+        // Secret files first (on their tmpfs), then every mount in the declared order,
+        // so a secret under another mount's target is mounted after it, not hidden.
+        let mut secret_files = self.write_secrets(spec)?.into_iter();
         for m in &spec.mounts {
             match m {
                 Mount::Bind {
@@ -193,7 +203,10 @@ impl Bundle {
                 Mount::Ssh { socket, target } => {
                     spec_mounts.push(SpecMount::bind(socket, target, true))
                 }
-                Mount::Secret { .. } => {}
+                Mount::Secret { target, .. } => {
+                    let file = secret_files.next().expect("one file per secret mount");
+                    spec_mounts.push(SpecMount::bind(&file, target, true))
+                }
             }
         }
         make_workdir(&rootfs, &spec.cwd)?;
@@ -233,32 +246,35 @@ impl Bundle {
         Ok(())
     }
 
-    fn mount_secrets(&self, spec: &ExecSpec, mounts: &mut Vec<SpecMount>) -> Result<(), ExecError> {
-        let secrets: Vec<(&Vec<u8>, &String)> = spec
+    /// Writes each secret mount's value into a file on a private tmpfs (mode 0400,
+    /// owned by the run's user), in the order of the mounts; returns the files.
+    fn write_secrets(&self, spec: &ExecSpec) -> Result<Vec<PathBuf>, ExecError> {
+        let secrets: Vec<&Vec<u8>> = spec
             .mounts
             .iter()
             .filter_map(|m| match m {
-                Mount::Secret { data, target } => Some((data, target)),
+                Mount::Secret { data, .. } => Some(data),
                 _ => None,
             })
             .collect();
         if secrets.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let dir = self.dir.join("secrets");
         mkdir_private(&dir)?;
         mount_tmpfs(&dir).map_err(|e| ExecError::setup("mount the secrets tmpfs", e))?;
-        for (i, (data, target)) in secrets.into_iter().enumerate() {
+        let mut files = Vec::with_capacity(secrets.len());
+        for (i, data) in secrets.into_iter().enumerate() {
             let file = dir.join(i.to_string());
             fs::write(&file, data).map_err(|e| ExecError::setup("write a secret", e))?;
             std::os::unix::fs::chown(&file, Some(spec.user.uid), Some(spec.user.gid))
                 .map_err(|e| ExecError::setup("chown a secret", e))?;
             set_mode(&file, 0o400)?;
-            mounts.push(SpecMount::bind(&file, target, true));
+            files.push(file);
         }
         // The container's user must reach the files through the tmpfs root.
         set_mode(&dir, 0o711)?;
-        Ok(())
+        Ok(files)
     }
 
     fn start_and_wait(
@@ -283,6 +299,15 @@ impl Bundle {
             .stderr(writer2)
             // Its own process group: a terminal's Ctrl-C reaches kiln, which cancels.
             .process_group(0);
+        // The runtime makes mount points and the command inherits its umask: 022, as
+        // Docker has it, whatever kiln's own is, so results do not depend on it.
+        // SAFETY: umask is async-signal-safe and touches no memory.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::umask(0o022);
+                Ok(())
+            })
+        };
         let mut child = cmd
             .spawn()
             .map_err(|e| ExecError::setup(format!("start {}", ctx.runtime.path.display()), e))?;
@@ -293,17 +318,11 @@ impl Bundle {
             let reading = scope.spawn(move || {
                 let mut r = BufReader::new(reader);
                 let mut buf = Vec::new();
-                loop {
-                    buf.clear();
-                    match r.read_until(b'\n', &mut buf) {
-                        Ok(0) | Err(_) => break,
-                        Ok(_) => {
-                            let line = String::from_utf8_lossy(&buf);
-                            let line = line.trim_end_matches(['\n', '\r']);
-                            out.line(line);
-                            tail2.lock().expect("tail lock").push(line);
-                        }
-                    }
+                while read_line_bounded(&mut r, &mut buf) {
+                    let line = String::from_utf8_lossy(&buf);
+                    let line = line.trim_end_matches(['\n', '\r']);
+                    out.line(line);
+                    tail2.lock().expect("tail lock").push(line);
                 }
             });
             let status = loop {
@@ -359,6 +378,36 @@ impl Drop for Bundle {
     }
 }
 
+/// The longest line of output passed on whole; a longer one is cut into pieces of
+/// this size, so a command printing without newlines cannot fill kiln's memory.
+pub const MAX_LINE: usize = 64 << 10;
+
+/// Reads the next line of `r` into `buf` (cleared first), at most [`MAX_LINE`] bytes;
+/// `false` at the end of the stream.
+fn read_line_bounded(r: &mut impl BufRead, buf: &mut Vec<u8>) -> bool {
+    buf.clear();
+    loop {
+        let chunk = match r.fill_buf() {
+            Ok(c) => c,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => return !buf.is_empty(),
+        };
+        if chunk.is_empty() {
+            return !buf.is_empty();
+        }
+        let room = MAX_LINE - buf.len();
+        let (take, done) = match chunk.iter().take(room).position(|&b| b == b'\n') {
+            Some(i) => (i + 1, true),
+            None => (chunk.len().min(room), chunk.len() >= room),
+        };
+        buf.extend_from_slice(&chunk[..take]);
+        r.consume(take);
+        if done {
+            return true;
+        }
+    }
+}
+
 /// A pipe (read end, write end), both close-on-exec.
 fn pipe() -> std::io::Result<(fs::File, fs::File)> {
     use std::os::fd::FromRawFd;
@@ -378,14 +427,31 @@ fn set_mode(p: &Path, mode: u32) -> Result<(), ExecError> {
 }
 
 /// Creates the working directory inside the run's root (links resolve in the root).
+/// Folders it makes are 0755 whatever kiln's umask is, so results do not depend on it.
 fn make_workdir(rootfs: &Path, cwd: &str) -> Result<(), ExecError> {
     let host = Root::new(rootfs)
         .resolve(cwd, true)
         .map_err(|e| ExecError::setup(format!("workdir {cwd:?}"), e))?;
-    if host.is_dir() {
-        return Ok(());
+    let rel = host.strip_prefix(rootfs).unwrap_or(Path::new(""));
+    let mut at = rootfs.to_path_buf();
+    for c in rel.components() {
+        at.push(c);
+        match fs::symlink_metadata(&at) {
+            Ok(m) if m.is_dir() => continue,
+            Ok(_) => {
+                return Err(ExecError::Setup(format!(
+                    "workdir {cwd:?}: {} is not a directory",
+                    at.display()
+                )))
+            }
+            Err(_) => {
+                fs::create_dir(&at)
+                    .map_err(|e| ExecError::setup(format!("create workdir {cwd:?}"), e))?;
+                set_mode(&at, 0o755)?;
+            }
+        }
     }
-    fs::create_dir_all(&host).map_err(|e| ExecError::setup(format!("create workdir {cwd:?}"), e))
+    Ok(())
 }
 
 /// Deletes containers, mounts and bundles that a killed `kiln` left under `exec_dir`

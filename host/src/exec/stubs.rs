@@ -37,8 +37,16 @@ impl Stubs {
 
     /// Removes the recorded paths from `dir` (an upper directory or the result
     /// tree) where they are empty directories or empty files.
+    ///
+    /// The command has exited, so nothing changes `dir` meanwhile; but it may have
+    /// replaced a folder on the way with a symlink (`mv /a /b && ln -s /host/dir /a`).
+    /// A stub is removed only when every folder above it is a real folder inside `dir`,
+    /// so no link can lead the removal outside (BuildKit's CVE-2024-23652).
     pub fn remove_from(&self, dir: &Path) {
         for rel in &self.0 {
+            if !parents_are_real_dirs(dir, rel) {
+                continue;
+            }
             let p = dir.join(rel);
             let Ok(meta) = std::fs::symlink_metadata(&p) else {
                 continue;
@@ -50,4 +58,18 @@ impl Stubs {
             }
         }
     }
+}
+
+/// Whether every folder between `dir` and `dir/rel` is a directory (not a link).
+fn parents_are_real_dirs(dir: &Path, rel: &Path) -> bool {
+    let mut at = dir.to_path_buf();
+    let comps: Vec<_> = rel.components().collect();
+    for c in &comps[..comps.len().saturating_sub(1)] {
+        at.push(c);
+        match std::fs::symlink_metadata(&at) {
+            Ok(m) if m.is_dir() => {}
+            _ => return false,
+        }
+    }
+    true
 }

@@ -22,6 +22,12 @@ const OPAQUE: &[u8] = b"trusted.overlay.opaque";
 /// Applies the upper directory `upper` to `dest` (a full copy of the run's base).
 /// `upper` is consumed: its markers are removed along the way.
 pub fn apply_upper(upper: &Path, dest: &Path, cancel: Option<&AtomicBool>) -> Result<()> {
+    // The upper root carries overlay's own attributes too; they are no part of the tree.
+    for (name, _) in xattr::list(upper).map_err(|e| WorkerError::io("list xattrs", upper, e))? {
+        if name.as_bytes().starts_with(OVERLAY_PREFIX) {
+            remove_xattr(upper, &name).map_err(|e| WorkerError::io("remove xattr", upper, e))?;
+        }
+    }
     apply_markers(upper, dest)?;
     copy_tree(upper, dest, cancel)
 }

@@ -125,12 +125,33 @@ pub(crate) fn execute(
         .unwrap_or_default();
     let user = exec::resolve_user(&user_spec, inputs.base)?;
 
-    // Cache mounts are held (and locked as their sharing says) for the whole run;
-    // read-write binds get a private copy, so no input snapshot ever changes.
-    let mut caches: Vec<CacheMount> = Vec::new();
-    let mut scratch: Vec<tempfile::TempDir> = Vec::new();
+    // Cache mounts are held (and locked as their sharing says) for the whole run,
+    // taken in the order of their ids so two steps never wait on each other;
+    // read-write binds get a private copy inside the run's bundle, so no input
+    // snapshot ever changes.
+    let bundle = exec::Bundle::create(&ctx.dir).map_err(|e| e.to_string())?;
+    let mut order: Vec<(&str, &str, &str)> = step
+        .mounts
+        .iter()
+        .filter_map(|m| match m {
+            RunMount::Cache {
+                id,
+                target,
+                sharing,
+            } => Some((id.as_str(), target.as_str(), sharing.as_str())),
+            _ => None,
+        })
+        .collect();
+    order.sort();
+    let mut caches: HashMap<&str, CacheMount> = HashMap::new();
+    for (id, target, sharing) in order {
+        let sharing = Sharing::parse(sharing).unwrap_or(Sharing::Shared);
+        let c = CacheMount::acquire(&inputs.root.join("cache-mounts"), id, sharing, cancel)
+            .map_err(|e| e.to_string())?;
+        caches.insert(target, c);
+    }
     let mut mounts = Vec::new();
-    for m in &step.mounts {
+    for (n, m) in step.mounts.iter().enumerate() {
         mounts.push(match m {
             RunMount::Bind {
                 from,
@@ -151,18 +172,16 @@ pub(crate) fn execute(
                 let source = if *readonly {
                     host
                 } else {
-                    let dir = tempfile::Builder::new()
-                        .prefix("rw-bind-")
-                        .tempdir_in(inputs.root.join("tmp"))
+                    let dir = bundle
+                        .scratch(&format!("rw-{n}"))
                         .map_err(|e| format!("bind mount {target}: {e}"))?;
-                    let copy = dir.path().join("m");
+                    let copy = dir.join("m");
                     if host.is_dir() {
                         crate::worker::copy_tree(&host, &copy, Some(cancel))
                     } else {
                         crate::worker::Copier::new(Default::default()).copy(&host, &copy)
                     }
                     .map_err(|e| format!("bind mount {target}: {e}"))?;
-                    scratch.push(dir);
                     copy
                 };
                 Mount::Bind {
@@ -171,21 +190,10 @@ pub(crate) fn execute(
                     readonly: *readonly,
                 }
             }
-            RunMount::Cache {
-                id,
-                target,
-                sharing,
-            } => {
-                let sharing = Sharing::parse(sharing).unwrap_or(Sharing::Shared);
-                let c = CacheMount::acquire(&inputs.root.join("cache-mounts"), id, sharing, cancel)
-                    .map_err(|e| e.to_string())?;
-                let dir = c.dir.clone();
-                caches.push(c);
-                Mount::Cache {
-                    dir,
-                    target: target.clone(),
-                }
-            }
+            RunMount::Cache { target, .. } => Mount::Cache {
+                dir: caches[target.as_str()].dir.clone(),
+                target: target.clone(),
+            },
             RunMount::Secret {
                 id,
                 target,
@@ -230,8 +238,8 @@ pub(crate) fn execute(
         },
         mounts,
     };
-    let (bundle, changes) =
-        exec::run(&ctx, inputs.base, &spec, cancel, out).map_err(|e| match e {
+    let changes =
+        exec::run_in(&bundle, &ctx, inputs.base, &spec, cancel, out).map_err(|e| match e {
             exec::ExecError::Cancelled => "cancelled".to_string(),
             e => format!("run {e}"),
         })?;
@@ -247,6 +255,5 @@ pub(crate) fn execute(
         }
     }
     drop(bundle);
-    drop(scratch);
     Ok(())
 }

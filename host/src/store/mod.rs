@@ -63,6 +63,7 @@ mod tests;
 
 use std::collections::BTreeMap;
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -133,6 +134,13 @@ impl Store {
         ] {
             let p = root.join(dir);
             beneath::create_dirs(&root, dir).ctx("create directory", &p)?;
+        }
+        // Trees hold whatever builds made, setuid files and device nodes of run steps
+        // included: only kiln's user may reach them (moby's CVE-2021-41091).
+        for dir in ["snapshots", "tmp"] {
+            let p = root.join(dir);
+            let private = fs::Permissions::from_mode(0o700);
+            fs::set_permissions(&p, private).ctx("restrict the permissions of", &p)?;
         }
 
         // Become an owner: lock a fresh file under a temporary name, then rename it into
