@@ -52,8 +52,10 @@ pub fn mount_overlay(
     work: &Path,
     target: &Path,
 ) -> std::io::Result<()> {
+    // No redirects and no metadata-only copy-ups: the upper directory must hold whole
+    // entries for the run's changes to be read from it.
     let data = format!(
-        "lowerdir={},upperdir={},workdir={}",
+        "lowerdir={},upperdir={},workdir={},redirect_dir=off,metacopy=off",
         escape_option(lower),
         escape_option(upper),
         escape_option(work)

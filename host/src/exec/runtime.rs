@@ -480,4 +480,22 @@ pub fn reap_stale(exec_dir: &Path, runtime: Option<&Runtime>) {
         let _ = fs::remove_dir_all(&dir);
         lock.remove();
     }
+    // A container whose bundle is gone altogether (a cancel that raced its creation):
+    // nobody can hold its lock, so it is deleted too.
+    if let Some(rt) = runtime {
+        let state = state_dir(exec_dir);
+        let listed = rt
+            .cmd(&state)
+            .args(["list", "-q"])
+            .stderr(std::process::Stdio::null())
+            .output();
+        if let Ok(out) = listed {
+            for id in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                if id.starts_with("kiln-") && !bundles.join(format!("{id}.lock")).exists() {
+                    tracing::info!("removing the container {id} that has no run left");
+                    rt.delete(&state, id);
+                }
+            }
+        }
+    }
 }

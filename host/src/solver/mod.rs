@@ -166,8 +166,9 @@ pub(crate) async fn build_with(
         .with_oci_layouts(opts.oci_layouts.clone())
         .with_ssh(opts.ssh.clone())
         .with_progress(progress.clone());
-    if def.steps.values().any(|s| matches!(s, Step::Run(_))) {
-        // Containers, mounts and bundles a killed kiln left behind go first.
+    {
+        // Containers, mounts and bundles a killed kiln left behind go first (a no-op
+        // on a root that never ran a run step).
         let root = root.to_path_buf();
         let runtime = opts.runtime.clone();
         let _ =
