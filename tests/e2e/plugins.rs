@@ -64,7 +64,7 @@ fn the_four_standard_plugins_load_from_the_built_in_default() {
     );
     for r in rows {
         assert_eq!(r["status"], "loaded", "{r}");
-        assert_eq!(r["api_version"], "1.0.0", "{r}");
+        assert_eq!(r["api_version"], "1.1.0", "{r}");
         assert_eq!(r["sha256"].as_str().unwrap().len(), 64, "{r}");
         assert!(r["reason"].is_null(), "{r}");
         let path = Path::new(r["path"].as_str().unwrap());
@@ -228,7 +228,7 @@ fn a_plugin_built_for_another_plugin_api_is_refused_naming_both_versions() {
     assert_eq!(rows[0]["api_version"], "0.9.0");
     let reason = rows[0]["reason"].as_str().unwrap();
     assert!(
-        reason.contains("plugin-api 0.9.0") && reason.contains("plugin-api 1.0.0"),
+        reason.contains("plugin-api 0.9.0") && reason.contains("plugin-api 1.1.0"),
         "{reason}"
     );
     assert!(!reason.contains('\n'));
@@ -253,7 +253,7 @@ fn a_plugin_built_for_another_plugin_api_is_refused_naming_both_versions() {
         "io.kiln.test.v1.oldapi",
         so.to_str().unwrap(),
         "0.9.0",
-        "1.0.0",
+        "1.1.0",
     ] {
         assert!(line.contains(want), "{want} missing from {line}");
     }
