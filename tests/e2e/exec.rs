@@ -390,3 +390,115 @@ fn the_runtime_comes_from_the_worker_table_of_the_config() {
     r.expect_code(2);
     assert!(r.stderr.contains("runtim"), "{}", r.stderr);
 }
+
+/// `kiln build` of [`build_args`] run as `nobody` (65534:65534) through `setpriv`, with
+/// HOME and the XDG folders inside the environment.
+fn build_as_nobody(env: &Env, extra: &[&str]) -> Run {
+    let mut c = Command::new("setpriv");
+    c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(kiln_tests::kiln_bin())
+        .arg("--root")
+        .arg(env.root())
+        .args(build_args(env, extra))
+        .env_remove("KILN_CONFIG")
+        .env_remove("KILN_ROOT")
+        .env_remove("KILN_LOG")
+        .env_remove("XDG_RUNTIME_DIR")
+        .env("HOME", env.path("home"))
+        .env("XDG_CONFIG_HOME", env.path("xdg-config"))
+        .env("XDG_DATA_HOME", env.path("xdg-data"))
+        .stdin(Stdio::null());
+    c.output().expect("run setpriv").into()
+}
+
+/// Whether `nobody` may create a user namespace here (util-linux's `unshare`).
+fn nobody_has_user_namespaces() -> bool {
+    Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .args(["unshare", "--user", "true"])
+        .stderr(Stdio::null())
+        .status()
+        .expect("run setpriv")
+        .success()
+}
+
+#[test]
+fn rootless_run_through_a_user_namespace() {
+    require_program("setpriv", "util-linux");
+    require_program("unshare", "util-linux");
+    let env = project(
+        r#"
+[steps.app]
+base = "base"
+run = "echo \"$(id -u):$(id -g) $(cat /run/secrets/token | wc -c)\" > /made; cat /ctx/hello.txt > /seen; rm /etc/doomed"
+mounts = [
+  { type = "bind", from = "ctx", target = "/ctx" },
+  { type = "secret", id = "token", target = "/run/secrets/token" },
+]
+"#,
+        "app",
+    );
+    let secret = env.write("token", "ROOTLESSSECRET");
+    for d in ["home", "xdg-config", "xdg-data", "root"] {
+        std::fs::create_dir_all(env.path(d)).unwrap();
+    }
+    // Everything in the environment belongs to the unprivileged user.
+    let st = Command::new("chown")
+        .args(["-R", "65534:65534"])
+        .arg(env.dir.path())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let secret_arg = format!("id=token,src={}", secret.display());
+    let (spec, out) = out_dir(&env, "out");
+    let r = build_as_nobody(&env, &["--secret", &secret_arg, "--output", &spec]);
+    if !nobody_has_user_namespaces() {
+        // The kernel refuses: the error says what is missing.
+        r.expect_code(1);
+        assert!(
+            r.stderr.contains("unshare(CLONE_NEWUSER)") && r.stderr.contains("run kiln as root"),
+            "{}",
+            r.stderr
+        );
+        return;
+    }
+    r.success();
+    // Container root is the caller: the run saw uid 0 and the secret.
+    assert_eq!(
+        std::fs::read_to_string(out.join("made")).unwrap(),
+        "0:0 14\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.join("seen")).unwrap(),
+        "hello from the context\n"
+    );
+    assert!(!out.join("etc/doomed").exists());
+    assert!(
+        out.join("bin/busybox").is_file(),
+        "the base is in the result"
+    );
+    for stub in ["ctx", "proc", "sys", "dev", "run/secrets", "etc/hosts"] {
+        assert!(!out.join(stub).exists(), "{stub} left in the result");
+    }
+    assert!(!r.stderr.contains("ROOTLESSSECRET"), "{}", r.stderr);
+    // Nothing is left in the bundles folder.
+    let bundles = env.root().join("exec/bundles");
+    let left: Vec<_> = std::fs::read_dir(&bundles)
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "left in {}: {left:?}", bundles.display());
+
+    // Another user than root cannot be mapped: one clear error, nothing built.
+    env.write(
+        "def.toml",
+        "version = 1\n[steps.base]\nsource = \"local://base\"\n[steps.ctx]\nsource = \"local://ctx\"\n\
+         [steps.other]\nbase = \"base\"\nrun = \"id -u\"\nuser = \"1000:1000\"\n[output]\nstep = \"other\"\n",
+    );
+    let r = build_as_nobody(&env, &[]);
+    r.expect_code(1);
+    assert!(
+        r.stderr.contains("user 1000:1000") && r.stderr.contains("kiln is not root"),
+        "{}",
+        r.stderr
+    );
+}
