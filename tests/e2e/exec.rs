@@ -430,10 +430,13 @@ fn rootless_run_through_a_user_namespace() {
         r#"
 [steps.app]
 base = "base"
-run = "echo \"$(id -u):$(id -g) $(cat /run/secrets/token | wc -c)\" > /made; cat /ctx/hello.txt > /seen; rm /etc/doomed"
+run = "echo \"$(id -u):$(id -g) $(cat /run/secrets/token | wc -c)\" > /made; cat /ctx/hello.txt > /seen; rm /etc/doomed; echo x >> /cache/log; wc -l < /cache/log > /cached; touch /scratch/t; cat /proc/net/dev | wc -l > /ifaces"
+network = "none"
 mounts = [
   { type = "bind", from = "ctx", target = "/ctx" },
   { type = "secret", id = "token", target = "/run/secrets/token" },
+  { type = "cache", id = "c", target = "/cache" },
+  { type = "tmpfs", target = "/scratch" },
 ]
 "#,
         "app",
@@ -477,10 +480,33 @@ mounts = [
         out.join("bin/busybox").is_file(),
         "the base is in the result"
     );
-    for stub in ["ctx", "proc", "sys", "dev", "run/secrets", "etc/hosts"] {
+    for stub in [
+        "ctx",
+        "proc",
+        "sys",
+        "dev",
+        "run/secrets",
+        "etc/hosts",
+        "cache",
+        "scratch",
+    ] {
         assert!(!out.join(stub).exists(), "{stub} left in the result");
     }
     assert!(!r.stderr.contains("ROOTLESSSECRET"), "{}", r.stderr);
+    // network = "none": the header lines and loopback only.
+    assert_eq!(std::fs::read_to_string(out.join("ifaces")).unwrap(), "3\n");
+    assert_eq!(std::fs::read_to_string(out.join("cached")).unwrap(), "1\n");
+    // Cached the second time; --no-cache runs it again and the cache mount kept its file.
+    let r2 = build_as_nobody(&env, &["--secret", &secret_arg]);
+    r2.success();
+    assert!(r2.stderr.contains("=> app CACHED"), "{}", r2.stderr);
+    let (spec, out) = out_dir(&env, "out2");
+    build_as_nobody(
+        &env,
+        &["--secret", &secret_arg, "--no-cache", "--output", &spec],
+    )
+    .success();
+    assert_eq!(std::fs::read_to_string(out.join("cached")).unwrap(), "2\n");
     // Nothing is left in the bundles folder.
     let bundles = env.root().join("exec/bundles");
     let left: Vec<_> = std::fs::read_dir(&bundles)
