@@ -391,9 +391,9 @@ fn the_runtime_comes_from_the_worker_table_of_the_config() {
     assert!(r.stderr.contains("runtim"), "{}", r.stderr);
 }
 
-/// `kiln build` of [`build_args`] run as `nobody` (65534:65534) through `setpriv`, with
+/// `kiln build` of [`build_args`] as `nobody` (65534:65534) through `setpriv`, with
 /// HOME and the XDG folders inside the environment.
-fn build_as_nobody(env: &Env, extra: &[&str]) -> Run {
+fn nobody_command(env: &Env, extra: &[&str]) -> Command {
     let mut c = Command::new("setpriv");
     c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
         .arg(kiln_tests::kiln_bin())
@@ -408,7 +408,27 @@ fn build_as_nobody(env: &Env, extra: &[&str]) -> Run {
         .env("XDG_CONFIG_HOME", env.path("xdg-config"))
         .env("XDG_DATA_HOME", env.path("xdg-data"))
         .stdin(Stdio::null());
-    c.output().expect("run setpriv").into()
+    c
+}
+
+fn build_as_nobody(env: &Env, extra: &[&str]) -> Run {
+    nobody_command(env, extra)
+        .output()
+        .expect("run setpriv")
+        .into()
+}
+
+/// Makes the environment's folders belong to `nobody`.
+fn give_env_to_nobody(env: &Env) {
+    for d in ["home", "xdg-config", "xdg-data", "root"] {
+        std::fs::create_dir_all(env.path(d)).unwrap();
+    }
+    let st = Command::new("chown")
+        .args(["-R", "65534:65534"])
+        .arg(env.dir.path())
+        .status()
+        .unwrap();
+    assert!(st.success());
 }
 
 /// Whether `nobody` may create a user namespace here (util-linux's `unshare`).
@@ -442,16 +462,7 @@ mounts = [
         "app",
     );
     let secret = env.write("token", "ROOTLESSSECRET");
-    for d in ["home", "xdg-config", "xdg-data", "root"] {
-        std::fs::create_dir_all(env.path(d)).unwrap();
-    }
-    // Everything in the environment belongs to the unprivileged user.
-    let st = Command::new("chown")
-        .args(["-R", "65534:65534"])
-        .arg(env.dir.path())
-        .status()
-        .unwrap();
-    assert!(st.success());
+    give_env_to_nobody(&env);
     let secret_arg = format!("id=token,src={}", secret.display());
     let (spec, out) = out_dir(&env, "out");
     let r = build_as_nobody(&env, &["--secret", &secret_arg, "--output", &spec]);
@@ -527,4 +538,55 @@ mounts = [
         "{}",
         r.stderr
     );
+}
+
+#[test]
+fn a_killed_rootless_kiln_leaves_nothing_the_next_run_does_not_reap() {
+    require_program("setpriv", "util-linux");
+    require_program("unshare", "util-linux");
+    let env = project(
+        "[steps.long]\nbase = \"base\"\nrun = \"echo started; sleep 120\"\n",
+        "long",
+    );
+    give_env_to_nobody(&env);
+    if !nobody_has_user_namespaces() {
+        // Covered by rootless_run_through_a_user_namespace: the build fails at once.
+        build_as_nobody(&env, &[]).expect_code(1);
+        return;
+    }
+    let mut child = nobody_command(&env, &[])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let state = env.root().join("exec/state");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    // (Listing as root before kiln made the state folder would create it owned by root.)
+    let started = || std::fs::read_dir(&state).is_ok_and(|mut d| d.next().is_some());
+    while !started() || runc_list(&state).is_empty() {
+        if let Ok(Some(_)) = child.try_wait() {
+            let mut err = String::new();
+            std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+            panic!("kiln ended before its container started:\n{err}");
+        }
+        assert!(Instant::now() < deadline, "the container never started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // setpriv execs kiln: the child is kiln itself.
+    unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+    child.wait().unwrap();
+    assert!(!runc_list(&state).is_empty(), "the container outlived kiln");
+    // The next rootless build (of another step) reaps the container and its bundle.
+    env.write(
+        "def.toml",
+        "version = 1\n[steps.base]\nsource = \"local://base\"\n[steps.ctx]\nsource = \"local://ctx\"\n\
+         [steps.quick]\nbase = \"base\"\nrun = \"true\"\n[output]\nstep = \"quick\"\n",
+    );
+    build_as_nobody(&env, &[]).success();
+    assert!(runc_list(&state).is_empty(), "a container is left");
+    let bundles = env.root().join("exec/bundles");
+    let left: Vec<_> = std::fs::read_dir(&bundles)
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "left in {}: {left:?}", bundles.display());
 }
