@@ -590,3 +590,60 @@ fn a_killed_rootless_kiln_leaves_nothing_the_next_run_does_not_reap() {
         .unwrap_or_default();
     assert!(left.is_empty(), "left in {}: {left:?}", bundles.display());
 }
+
+#[test]
+fn a_kernel_refusing_user_namespaces_gets_an_error_naming_the_sysctl() {
+    require_program("setpriv", "util-linux");
+    require_program("unshare", "util-linux");
+    let env = project(
+        "[steps.app]\nbase = \"base\"\nrun = \"echo never > /ran\"\n",
+        "app",
+    );
+    give_env_to_nobody(&env);
+    let (spec, out) = out_dir(&env, "out");
+    // kiln runs as nobody inside a user namespace (ids 0-65535 mapped to themselves)
+    // whose user.max_user_namespaces is 0: there, the kernel refuses it a namespace.
+    let inner = nobody_command(&env, &["--output", &spec]);
+    let go = env.path("go");
+    let script = r#"while [ ! -e "$KILN_TEST_GO" ]; do sleep 0.05; done
+exec sh -c 'echo 0 > /proc/sys/user/max_user_namespaces && exec "$@"' sh "$@""#;
+    let mut c = Command::new("unshare");
+    c.args(["--user", "sh", "-c", script, "sh"])
+        .arg(inner.get_program())
+        .args(inner.get_args())
+        .env("KILN_TEST_GO", &go)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in inner.get_envs() {
+        match v {
+            Some(v) => c.env(k, v),
+            None => c.env_remove(k),
+        };
+    }
+    let child = c.spawn().unwrap();
+    let pid = child.id();
+    let ours = std::fs::read_link("/proc/self/ns/user").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::fs::read_link(format!("/proc/{pid}/ns/user")).unwrap() == ours {
+        assert!(
+            Instant::now() < deadline,
+            "unshare --user never entered its namespace"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::fs::write(format!("/proc/{pid}/uid_map"), "0 0 65536\n").unwrap();
+    std::fs::write(format!("/proc/{pid}/gid_map"), "0 0 65536\n").unwrap();
+    std::fs::write(&go, "").unwrap();
+    let r: Run = child.wait_with_output().unwrap().into();
+    r.expect_code(1);
+    assert!(
+        r.stderr.contains("app")
+            && r.stderr.contains("unshare(CLONE_NEWUSER)")
+            && r.stderr.contains("user.max_user_namespaces is 0")
+            && r.stderr.contains("run kiln as root"),
+        "{}",
+        r.stderr
+    );
+    assert!(!out.exists(), "an output was written");
+}

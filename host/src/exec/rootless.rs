@@ -108,8 +108,9 @@ pub(crate) fn diagnose(
     unprivileged_userns_clone: Option<&str>,
     apparmor_restrict: Option<&str>,
 ) -> String {
-    let head = "run steps need root or unprivileged user namespaces, and this kernel does not \
-                let kiln's user create one";
+    // Callers prefix "run ".
+    let head = "needs root or an unprivileged user namespace, and the kernel refuses kiln's \
+                user one";
     let cause = std::io::Error::from_raw_os_error(errno);
     let fix = if max_user_namespaces == Some("0") {
         "the sysctl user.max_user_namespaces is 0: set it above 0 \
