@@ -23,6 +23,7 @@ declare -A needs=(
   [sshd]=openssh-server
   [runc]=runc
   [busybox]=busybox-static
+  [setpriv]=util-linux
 )
 missing=()
 for prog in "${!needs[@]}"; do

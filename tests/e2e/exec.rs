@@ -486,3 +486,260 @@ fn snapshots_are_private_to_kiln_and_cache_ids_are_used_once_per_step() {
         assert_eq!(mode & 0o777, 0o700, "{dir}");
     }
 }
+
+/// `kiln build` of [`build_args`] as `nobody` (65534:65534) through `setpriv`, with
+/// HOME and the XDG folders inside the environment.
+fn nobody_command(env: &Env, extra: &[&str]) -> Command {
+    let mut c = Command::new("setpriv");
+    c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(kiln_tests::kiln_bin())
+        .arg("--root")
+        .arg(env.root())
+        .args(build_args(env, extra))
+        .env_remove("KILN_CONFIG")
+        .env_remove("KILN_ROOT")
+        .env_remove("KILN_LOG")
+        .env_remove("XDG_RUNTIME_DIR")
+        .env("HOME", env.path("home"))
+        .env("XDG_CONFIG_HOME", env.path("xdg-config"))
+        .env("XDG_DATA_HOME", env.path("xdg-data"))
+        .stdin(Stdio::null());
+    c
+}
+
+fn build_as_nobody(env: &Env, extra: &[&str]) -> Run {
+    nobody_command(env, extra)
+        .output()
+        .expect("run setpriv")
+        .into()
+}
+
+/// Makes the environment's folders belong to `nobody`.
+fn give_env_to_nobody(env: &Env) {
+    for d in ["home", "xdg-config", "xdg-data", "root"] {
+        std::fs::create_dir_all(env.path(d)).unwrap();
+    }
+    let st = Command::new("chown")
+        .args(["-R", "65534:65534"])
+        .arg(env.dir.path())
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+/// Whether `nobody` may create a user namespace here (util-linux's `unshare`).
+fn nobody_has_user_namespaces() -> bool {
+    Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .args(["unshare", "--user", "true"])
+        .stderr(Stdio::null())
+        .status()
+        .expect("run setpriv")
+        .success()
+}
+
+#[test]
+fn rootless_run_through_a_user_namespace() {
+    require_program("setpriv", "util-linux");
+    require_program("unshare", "util-linux");
+    let env = project(
+        r#"
+[steps.app]
+base = "base"
+run = "echo \"$(id -u):$(id -g) $(cat /run/secrets/token | wc -c)\" > /made; cat /ctx/hello.txt > /seen; rm /etc/doomed; echo x >> /cache/log; wc -l < /cache/log > /cached; touch /scratch/t; cat /proc/net/dev | wc -l > /ifaces"
+network = "none"
+mounts = [
+  { type = "bind", from = "ctx", target = "/ctx" },
+  { type = "secret", id = "token", target = "/run/secrets/token" },
+  { type = "cache", id = "c", target = "/cache" },
+  { type = "tmpfs", target = "/scratch" },
+]
+"#,
+        "app",
+    );
+    let secret = env.write("token", "ROOTLESSSECRET");
+    give_env_to_nobody(&env);
+    let secret_arg = format!("id=token,src={}", secret.display());
+    let (spec, out) = out_dir(&env, "out");
+    let r = build_as_nobody(&env, &["--secret", &secret_arg, "--output", &spec]);
+    if !nobody_has_user_namespaces() {
+        // The kernel refuses: the error says what is missing.
+        r.expect_code(1);
+        assert!(
+            r.stderr.contains("unshare(CLONE_NEWUSER)") && r.stderr.contains("run kiln as root"),
+            "{}",
+            r.stderr
+        );
+        return;
+    }
+    r.success();
+    // Container root is the caller: the run saw uid 0 and the secret.
+    assert_eq!(
+        std::fs::read_to_string(out.join("made")).unwrap(),
+        "0:0 14\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.join("seen")).unwrap(),
+        "hello from the context\n"
+    );
+    assert!(!out.join("etc/doomed").exists());
+    assert!(
+        out.join("bin/busybox").is_file(),
+        "the base is in the result"
+    );
+    for stub in [
+        "ctx",
+        "proc",
+        "sys",
+        "dev",
+        "run/secrets",
+        "etc/hosts",
+        "cache",
+        "scratch",
+    ] {
+        assert!(!out.join(stub).exists(), "{stub} left in the result");
+    }
+    assert!(!r.stderr.contains("ROOTLESSSECRET"), "{}", r.stderr);
+    // network = "none": the header lines and loopback only.
+    assert_eq!(std::fs::read_to_string(out.join("ifaces")).unwrap(), "3\n");
+    assert_eq!(std::fs::read_to_string(out.join("cached")).unwrap(), "1\n");
+    // Cached the second time; --no-cache runs it again and the cache mount kept its file.
+    let r2 = build_as_nobody(&env, &["--secret", &secret_arg]);
+    r2.success();
+    assert!(r2.stderr.contains("=> app CACHED"), "{}", r2.stderr);
+    let (spec, out) = out_dir(&env, "out2");
+    build_as_nobody(
+        &env,
+        &["--secret", &secret_arg, "--no-cache", "--output", &spec],
+    )
+    .success();
+    assert_eq!(std::fs::read_to_string(out.join("cached")).unwrap(), "2\n");
+    // Nothing is left in the bundles folder.
+    let bundles = env.root().join("exec/bundles");
+    let left: Vec<_> = std::fs::read_dir(&bundles)
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "left in {}: {left:?}", bundles.display());
+
+    // Another user than root cannot be mapped: one clear error, nothing built.
+    env.write(
+        "def.toml",
+        "version = 1\n[steps.base]\nsource = \"local://base\"\n[steps.ctx]\nsource = \"local://ctx\"\n\
+         [steps.other]\nbase = \"base\"\nrun = \"id -u\"\nuser = \"1000:1000\"\n[output]\nstep = \"other\"\n",
+    );
+    let r = build_as_nobody(&env, &[]);
+    r.expect_code(1);
+    assert!(
+        r.stderr.contains("user 1000:1000") && r.stderr.contains("kiln is not root"),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn a_killed_rootless_kiln_leaves_nothing_the_next_run_does_not_reap() {
+    require_program("setpriv", "util-linux");
+    require_program("unshare", "util-linux");
+    let env = project(
+        "[steps.long]\nbase = \"base\"\nrun = \"echo started; sleep 120\"\n",
+        "long",
+    );
+    give_env_to_nobody(&env);
+    if !nobody_has_user_namespaces() {
+        // Covered by rootless_run_through_a_user_namespace: the build fails at once.
+        build_as_nobody(&env, &[]).expect_code(1);
+        return;
+    }
+    let mut child = nobody_command(&env, &[])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let state = env.root().join("exec/state");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    // (Listing as root before kiln made the state folder would create it owned by root.)
+    let started = || std::fs::read_dir(&state).is_ok_and(|mut d| d.next().is_some());
+    while !started() || runc_list(&state).is_empty() {
+        if let Ok(Some(_)) = child.try_wait() {
+            let mut err = String::new();
+            std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+            panic!("kiln ended before its container started:\n{err}");
+        }
+        assert!(Instant::now() < deadline, "the container never started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // setpriv execs kiln: the child is kiln itself.
+    unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+    child.wait().unwrap();
+    assert!(!runc_list(&state).is_empty(), "the container outlived kiln");
+    // The next rootless build (of another step) reaps the container and its bundle.
+    env.write(
+        "def.toml",
+        "version = 1\n[steps.base]\nsource = \"local://base\"\n[steps.ctx]\nsource = \"local://ctx\"\n\
+         [steps.quick]\nbase = \"base\"\nrun = \"true\"\n[output]\nstep = \"quick\"\n",
+    );
+    build_as_nobody(&env, &[]).success();
+    assert!(runc_list(&state).is_empty(), "a container is left");
+    let bundles = env.root().join("exec/bundles");
+    let left: Vec<_> = std::fs::read_dir(&bundles)
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "left in {}: {left:?}", bundles.display());
+}
+
+#[test]
+fn a_kernel_refusing_user_namespaces_gets_an_error_naming_the_sysctl() {
+    require_program("setpriv", "util-linux");
+    require_program("unshare", "util-linux");
+    let env = project(
+        "[steps.app]\nbase = \"base\"\nrun = \"echo never > /ran\"\n",
+        "app",
+    );
+    give_env_to_nobody(&env);
+    let (spec, out) = out_dir(&env, "out");
+    // kiln runs as nobody inside a user namespace (ids 0-65535 mapped to themselves)
+    // whose user.max_user_namespaces is 0: there, the kernel refuses it a namespace.
+    let inner = nobody_command(&env, &["--output", &spec]);
+    let go = env.path("go");
+    let script = r#"while [ ! -e "$KILN_TEST_GO" ]; do sleep 0.05; done
+exec sh -c 'echo 0 > /proc/sys/user/max_user_namespaces && exec "$@"' sh "$@""#;
+    let mut c = Command::new("unshare");
+    c.args(["--user", "sh", "-c", script, "sh"])
+        .arg(inner.get_program())
+        .args(inner.get_args())
+        .env("KILN_TEST_GO", &go)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in inner.get_envs() {
+        match v {
+            Some(v) => c.env(k, v),
+            None => c.env_remove(k),
+        };
+    }
+    let child = c.spawn().unwrap();
+    let pid = child.id();
+    let ours = std::fs::read_link("/proc/self/ns/user").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::fs::read_link(format!("/proc/{pid}/ns/user")).unwrap() == ours {
+        assert!(
+            Instant::now() < deadline,
+            "unshare --user never entered its namespace"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::fs::write(format!("/proc/{pid}/uid_map"), "0 0 65536\n").unwrap();
+    std::fs::write(format!("/proc/{pid}/gid_map"), "0 0 65536\n").unwrap();
+    std::fs::write(&go, "").unwrap();
+    let r: Run = child.wait_with_output().unwrap().into();
+    r.expect_code(1);
+    assert!(
+        r.stderr.contains("app")
+            && r.stderr.contains("unshare(CLONE_NEWUSER)")
+            && r.stderr.contains("user.max_user_namespaces is 0")
+            && r.stderr.contains("run kiln as root"),
+        "{}",
+        r.stderr
+    );
+    assert!(!out.exists(), "an output was written");
+}

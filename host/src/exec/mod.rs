@@ -14,6 +14,11 @@
 //! - `secrets/` is a private tmpfs holding secret files (mode 0400, owned by the run's
 //!   user), bind-mounted read-only into the container: secrets never touch the disk.
 //!
+//! When `kiln` is not root the run is rootless ([`rootless`]): a user namespace maps
+//! container 0:0 to the caller, the base is copied (no mount is allowed), the spec has
+//! no cgroup section and binds the host's `/sys`, and secrets are 0400 files in the
+//! private bundle directory.
+//!
 //! Each bundle is held under an exclusive lock for as long as its run lasts, so a
 //! later `kiln` can tell a bundle left by a killed process from one in use, and
 //! [`reap_stale`] deletes the former's container, mounts and files.
@@ -22,6 +27,7 @@
 
 mod cache_mount;
 mod overlay;
+mod rootless;
 mod runtime;
 mod spec;
 mod stubs;

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::overlay::{mount_overlay, mount_tmpfs, mounts_under, unmount};
+use super::rootless::Rootless;
 use super::spec::{self, SpecMount};
 use super::stubs::Stubs;
 use super::{mkdir_private, Changes, ExecContext, ExecError, ExecSpec, Mount, OutputSink, Tail};
@@ -58,6 +59,13 @@ impl Runtime {
         c.arg("--root").arg(state);
         c.stdin(Stdio::null());
         c
+    }
+
+    /// Whether this is runc (whose `--rootless` flag crun does not share).
+    fn is_runc(&self) -> bool {
+        self.path
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("runc"))
     }
 
     /// Force-deletes container `id` (kills it first); errors are ignored: it may not exist.
@@ -141,13 +149,9 @@ impl Bundle {
         cancel: &AtomicBool,
         out: &dyn OutputSink,
     ) -> Result<Changes, ExecError> {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
-            return Err(ExecError::Setup(
-                "run steps need kiln to run as root (rootless execution through user \
-                 namespaces is not implemented yet)"
-                    .into(),
-            ));
+        let rootless = Rootless::detect()?;
+        if let Some(r) = &rootless {
+            r.check_user(&spec.user)?;
         }
         let rootfs = self.dir.join("rootfs");
         let upper = self.dir.join("upper");
@@ -163,12 +167,21 @@ impl Bundle {
                 empty.clone()
             }
         };
-        let changes = match mount_overlay(&lower, &upper, &work, &rootfs) {
+        let overlay = if rootless.is_some() {
+            // An unprivileged process cannot mount here, so the base is copied.
+            tracing::info!("rootless run: copying the base tree (no overlay mount)");
+            Err(None)
+        } else {
+            mount_overlay(&lower, &upper, &work, &rootfs).map_err(Some)
+        };
+        let changes = match overlay {
             Ok(()) => Changes::Upper(upper.clone()),
             Err(e) => {
-                tracing::warn!(
-                    "overlay mount failed ({e}); copying the base tree for this run instead"
-                );
+                if let Some(e) = e {
+                    tracing::warn!(
+                        "overlay mount failed ({e}); copying the base tree for this run instead"
+                    );
+                }
                 if let Some(b) = base {
                     crate::worker::copy_tree(b, &rootfs, Some(cancel))
                         .map_err(|e| ExecError::setup("copy the base tree", e))?;
@@ -188,7 +201,7 @@ impl Bundle {
         self.write_etc_files(&mut spec_mounts)?;
         // Secret files first (on their tmpfs), then every mount in the declared order,
         // so a secret under another mount's target is mounted after it, not hidden.
-        let mut secret_files = self.write_secrets(spec)?.into_iter();
+        let mut secret_files = self.write_secrets(spec, rootless.is_some())?.into_iter();
         for m in &spec.mounts {
             match m {
                 Mount::Bind {
@@ -210,15 +223,17 @@ impl Bundle {
             }
         }
         make_workdir(&rootfs, &spec.cwd)?;
-        let config = spec::config(spec, "kiln", &spec_mounts);
+        let config = spec::config(spec, "kiln", &spec_mounts, rootless);
         let bytes = serde_json::to_vec_pretty(&config).expect("JSON encodes");
         fs::write(self.dir.join("config.json"), bytes)
             .map_err(|e| ExecError::setup("write config.json", e))?;
 
-        let result = self.start_and_wait(ctx, spec, cancel, out);
+        let result = self.start_and_wait(ctx, spec, rootless.is_some(), cancel, out);
         // Tear down in every case; then remove what only the mounts needed.
-        unmount(&self.dir.join("secrets"))?;
-        unmount(&rootfs)?;
+        if rootless.is_none() {
+            unmount(&self.dir.join("secrets"))?;
+            unmount(&rootfs)?;
+        }
         result?;
         if let Changes::Upper(u) = &changes {
             stubs.remove_from(u);
@@ -246,9 +261,12 @@ impl Bundle {
         Ok(())
     }
 
-    /// Writes each secret mount's value into a file on a private tmpfs (mode 0400,
-    /// owned by the run's user), in the order of the mounts; returns the files.
-    fn write_secrets(&self, spec: &ExecSpec) -> Result<Vec<PathBuf>, ExecError> {
+    /// Writes each secret mount's value into a file, in the order of the mounts, and
+    /// returns the files (bound read-only into the container). As root they live on a
+    /// private tmpfs, owned by the run's user; rootless (no mount allowed) they are
+    /// written into the private bundle directory and removed with it, owned by the
+    /// caller, who is root inside.
+    fn write_secrets(&self, spec: &ExecSpec, rootless: bool) -> Result<Vec<PathBuf>, ExecError> {
         let secrets: Vec<&Vec<u8>> = spec
             .mounts
             .iter()
@@ -262,13 +280,17 @@ impl Bundle {
         }
         let dir = self.dir.join("secrets");
         mkdir_private(&dir)?;
-        mount_tmpfs(&dir).map_err(|e| ExecError::setup("mount the secrets tmpfs", e))?;
+        if !rootless {
+            mount_tmpfs(&dir).map_err(|e| ExecError::setup("mount the secrets tmpfs", e))?;
+        }
         let mut files = Vec::with_capacity(secrets.len());
         for (i, data) in secrets.into_iter().enumerate() {
             let file = dir.join(i.to_string());
-            fs::write(&file, data).map_err(|e| ExecError::setup("write a secret", e))?;
-            std::os::unix::fs::chown(&file, Some(spec.user.uid), Some(spec.user.gid))
-                .map_err(|e| ExecError::setup("chown a secret", e))?;
+            write_private(&file, data).map_err(|e| ExecError::setup("write a secret", e))?;
+            if !rootless {
+                std::os::unix::fs::chown(&file, Some(spec.user.uid), Some(spec.user.gid))
+                    .map_err(|e| ExecError::setup("chown a secret", e))?;
+            }
             set_mode(&file, 0o400)?;
             files.push(file);
         }
@@ -281,6 +303,7 @@ impl Bundle {
         &self,
         ctx: &ExecContext,
         spec: &ExecSpec,
+        rootless: bool,
         cancel: &AtomicBool,
         out: &dyn OutputSink,
     ) -> Result<(), ExecError> {
@@ -290,6 +313,10 @@ impl Bundle {
             .try_clone()
             .map_err(|e| ExecError::setup("create an output pipe", e))?;
         let mut cmd = ctx.runtime.cmd(&state);
+        if rootless && ctx.runtime.is_runc() {
+            // Ignore cgroup permission errors: the spec has no resources to set.
+            cmd.args(["--rootless", "true"]);
+        }
         cmd.arg("run")
             .arg("--bundle")
             .arg(&self.dir)
@@ -418,6 +445,18 @@ fn pipe() -> std::io::Result<(fs::File, fs::File)> {
     }
     // SAFETY: pipe2 succeeded, so both are fresh descriptors owned by nobody else.
     Ok(unsafe { (fs::File::from_raw_fd(fds[0]), fs::File::from_raw_fd(fds[1])) })
+}
+
+/// Writes a new file that only its owner can read, from the start.
+fn write_private(p: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o400)
+        .open(p)?
+        .write_all(data)
 }
 
 fn set_mode(p: &Path, mode: u32) -> Result<(), ExecError> {

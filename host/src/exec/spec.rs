@@ -3,6 +3,7 @@
 
 use serde_json::{json, Value};
 
+use super::rootless::Rootless;
 use super::{ExecSpec, Network};
 
 /// Docker's default capability set.
@@ -103,21 +104,55 @@ impl SpecMount {
 
 /// The `config.json` value for `spec`, with `rootfs` relative to the bundle and the
 /// step's mounts already turned into [`SpecMount`]s (after the system ones).
-pub fn config(spec: &ExecSpec, hostname: &str, mounts: &[SpecMount]) -> Value {
+///
+/// `rootless`: the run goes through a user namespace mapping container 0:0 to the
+/// caller; there is then no cgroup section, `/sys` is the host's bound read-only (a
+/// user namespace cannot mount sysfs without owning a network namespace), and
+/// `/dev/pts` has no `gid=5` (unmapped). The runtime binds the default devices.
+pub fn config(
+    spec: &ExecSpec,
+    hostname: &str,
+    mounts: &[SpecMount],
+    rootless: Option<Rootless>,
+) -> Value {
     let caps: Vec<&str> = DEFAULT_CAPS.to_vec();
+    let devpts = if rootless.is_some() {
+        json!([
+            "nosuid",
+            "noexec",
+            "newinstance",
+            "ptmxmode=0666",
+            "mode=0620"
+        ])
+    } else {
+        json!([
+            "nosuid",
+            "noexec",
+            "newinstance",
+            "ptmxmode=0666",
+            "mode=0620",
+            "gid=5"
+        ])
+    };
+    let sys = if rootless.is_some() {
+        json!({"destination": "/sys", "type": "bind", "source": "/sys",
+               "options": ["rbind", "nosuid", "noexec", "nodev", "ro"]})
+    } else {
+        json!({"destination": "/sys", "type": "sysfs", "source": "sysfs",
+               "options": ["nosuid", "noexec", "nodev", "ro"]})
+    };
     let mut all_mounts = vec![
         json!({"destination": "/proc", "type": "proc", "source": "proc",
                "options": ["nosuid", "noexec", "nodev"]}),
         json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
                "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}),
         json!({"destination": "/dev/pts", "type": "devpts", "source": "devpts",
-               "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]}),
+               "options": devpts}),
         json!({"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
                "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]}),
         json!({"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue",
                "options": ["nosuid", "noexec", "nodev"]}),
-        json!({"destination": "/sys", "type": "sysfs", "source": "sysfs",
-               "options": ["nosuid", "noexec", "nodev", "ro"]}),
+        sys,
     ];
     for m in mounts {
         all_mounts.push(json!({
@@ -136,6 +171,27 @@ pub fn config(spec: &ExecSpec, hostname: &str, mounts: &[SpecMount]) -> Value {
     if spec.network == Network::None {
         namespaces.push(json!({"type": "network"}));
     }
+    let mut linux = json!({
+        "namespaces": namespaces,
+        "maskedPaths": MASKED,
+        "readonlyPaths": READONLY,
+    });
+    let additional_gids = match rootless {
+        Some(r) => {
+            linux["namespaces"]
+                .as_array_mut()
+                .expect("an array")
+                .push(json!({"type": "user"}));
+            linux["uidMappings"] = json!([{"containerID": 0, "hostID": r.uid, "size": 1}]);
+            linux["gidMappings"] = json!([{"containerID": 0, "hostID": r.gid, "size": 1}]);
+            // Only gid 0 is mapped, and setgroups is denied in the namespace.
+            Vec::new()
+        }
+        None => {
+            linux["resources"] = json!({"devices": [{"allow": false, "access": "rwm"}]});
+            spec.user.additional_gids.clone()
+        }
+    };
     json!({
         "ociVersion": "1.0.2",
         "process": {
@@ -143,7 +199,7 @@ pub fn config(spec: &ExecSpec, hostname: &str, mounts: &[SpecMount]) -> Value {
             "user": {
                 "uid": spec.user.uid,
                 "gid": spec.user.gid,
-                "additionalGids": spec.user.additional_gids,
+                "additionalGids": additional_gids,
             },
             "args": spec.args,
             "env": spec.env,
@@ -158,11 +214,6 @@ pub fn config(spec: &ExecSpec, hostname: &str, mounts: &[SpecMount]) -> Value {
         "root": {"path": "rootfs", "readonly": false},
         "hostname": hostname,
         "mounts": all_mounts,
-        "linux": {
-            "namespaces": namespaces,
-            "maskedPaths": MASKED,
-            "readonlyPaths": READONLY,
-            "resources": {"devices": [{"allow": false, "access": "rwm"}]},
-        },
+        "linux": linux,
     })
 }

@@ -252,3 +252,80 @@ fn cancel_kills_the_container_and_cleans_up() {
     assert_eq!(std::fs::read_dir(c.dir.join("bundles")).unwrap().count(), 0);
     assert!(overlay::mounts_under(&c.dir).is_empty());
 }
+
+#[test]
+fn rootless_spec_maps_root_to_the_caller_without_cgroups() {
+    let mut s = spec("true");
+    s.user.additional_gids = vec![10];
+    let r = rootless::Rootless {
+        uid: 1234,
+        gid: 5678,
+    };
+    let c = super::spec::config(&s, "kiln", &[], Some(r));
+    let linux = &c["linux"];
+    assert!(linux["namespaces"]
+        .as_array()
+        .unwrap()
+        .contains(&serde_json::json!({"type": "user"})));
+    assert_eq!(
+        linux["uidMappings"],
+        serde_json::json!([{"containerID": 0, "hostID": 1234, "size": 1}])
+    );
+    assert_eq!(
+        linux["gidMappings"],
+        serde_json::json!([{"containerID": 0, "hostID": 5678, "size": 1}])
+    );
+    assert!(linux.get("resources").is_none());
+    assert_eq!(
+        c["process"]["user"]["additionalGids"],
+        serde_json::json!([])
+    );
+    let mounts = c["mounts"].as_array().unwrap();
+    let sys = mounts.iter().find(|m| m["destination"] == "/sys").unwrap();
+    assert_eq!(sys["type"], "bind");
+    assert!(sys["options"].as_array().unwrap().contains(&"ro".into()));
+    let pts = mounts
+        .iter()
+        .find(|m| m["destination"] == "/dev/pts")
+        .unwrap();
+    assert!(!pts["options"].as_array().unwrap().contains(&"gid=5".into()));
+
+    // As root: no user namespace, the device cgroup denies all, sysfs is mounted.
+    let c = super::spec::config(&s, "kiln", &[], None);
+    assert!(c["linux"].get("uidMappings").is_none());
+    assert!(c["linux"]["resources"]["devices"].is_array());
+    assert_eq!(
+        c["process"]["user"]["additionalGids"],
+        serde_json::json!([10])
+    );
+
+    // Only container root exists rootless.
+    assert!(r.check_user(&User::root()).is_ok());
+    let other = User {
+        uid: 1000,
+        gid: 1000,
+        additional_gids: Vec::new(),
+    };
+    let e = r.check_user(&other).unwrap_err().to_string();
+    assert!(
+        e.contains("user 1000:1000") && e.contains("uid 1234"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_refused_user_namespace_names_the_switch() {
+    let d = |max, clone, aa| rootless::diagnose(libc::EPERM, max, clone, aa);
+    assert!(d(Some("0"), None, None).contains("user.max_user_namespaces is 0"));
+    let e = d(Some("15000"), Some("0"), None);
+    assert!(e.contains("kernel.unprivileged_userns_clone"), "{e}");
+    let e = d(Some("15000"), Some("1"), Some("1"));
+    assert!(e.contains("apparmor_restrict_unprivileged_userns"), "{e}");
+    let e = d(Some("15000"), None, Some("0"));
+    assert!(
+        e.contains("seccomp") && e.contains("run kiln as root"),
+        "{e}"
+    );
+    let e = rootless::diagnose(libc::ENOSPC, Some("3"), None, None);
+    assert!(e.contains("limit user.max_user_namespaces"), "{e}");
+}
