@@ -475,7 +475,17 @@ fn mtime_commit_sets_every_path() {
         let md = std::fs::symlink_metadata(m.join(&p)).unwrap();
         assert_eq!(md.mtime(), t, "{p}");
     }
-    // Without the attribute, files keep the checkout time.
+    // Without the attribute, files keep the checkout time (made a second later than
+    // the commit, so the two cannot match by chance).
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64
+    };
+    while now() <= t {
+        std::thread::sleep(Duration::from_millis(50));
+    }
     fx.fetch(&d.url("repo.git"), "", &[], "n").success();
     assert_ne!(std::fs::metadata(fx.env.path("n/g")).unwrap().mtime(), t);
 }
