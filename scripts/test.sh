@@ -48,7 +48,8 @@ cargo test --workspace --no-fail-fast "$@"
 template_check() {
   local tmp kiln so sum root started out
   tmp=$(mktemp -d)
-  trap 'rm -rf "$tmp"' EXIT
+  # Expanded now: `tmp` is local and gone when the shell exits.
+  trap "rm -rf -- '$tmp'" EXIT
   kiln="$PWD/target/debug/kiln"
   cp -r plugin-api "$tmp/plugin-api"
   rm -rf "$tmp/plugin-api/target"

@@ -19,7 +19,7 @@
 //! metadata agree compare by content (unless they are the same inode), since a copy can
 //! keep the time and size of what it replaced.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
 use std::fs::{self, File, Metadata};
 use std::io::{self, Read, Write};
@@ -422,7 +422,7 @@ fn read_full(f: &mut File, buf: &mut [u8]) -> io::Result<usize> {
 pub fn write_layer<W: Write>(tree: &Path, set: &Changeset, out: W) -> Result<W, ExportError> {
     let mut b = tar::Builder::new(out);
     b.follow_symlinks(false);
-    let mut written: BTreeMap<(u64, u64), PathBuf> = BTreeMap::new();
+    let mut written: HashMap<(u64, u64), PathBuf> = HashMap::new();
     for c in &set.changes {
         let rel = c.tar_path();
         match c {
@@ -435,83 +435,14 @@ pub fn write_layer<W: Write>(tree: &Path, set: &Changeset, out: W) -> Result<W, 
                 b.append_data(&mut h, &rel, io::empty())
                     .map_err(io_err("write whiteout", &rel))?;
             }
-            Change::Entry(p) => append_entry(&mut b, &tree.join(p), &rel, &mut written)?,
+            Change::Entry(p) => {
+                let path = tree.join(p);
+                let m = fs::symlink_metadata(&path).map_err(io_err("stat", &path))?;
+                super::tarball::append_entry(&mut b, &path, &rel, &m, &mut written, true)?
+            }
         }
     }
     b.into_inner().map_err(io_err("write layer of", tree))
-}
-
-fn append_entry<W: Write>(
-    b: &mut tar::Builder<W>,
-    path: &Path,
-    rel: &Path,
-    written: &mut BTreeMap<(u64, u64), PathBuf>,
-) -> Result<(), ExportError> {
-    let m = fs::symlink_metadata(path).map_err(io_err("stat", path))?;
-    let werr = io_err("write layer entry", path);
-    let mut h = tar::Header::new_gnu();
-    h.set_mode(m.mode() & 0o7777);
-    h.set_uid(m.uid() as u64);
-    h.set_gid(m.gid() as u64);
-    h.set_mtime(m.mtime().max(0) as u64);
-    h.set_size(0);
-    let xattrs =
-        crate::worker::xattr::list(path).map_err(io_err("read extended attributes of", path))?;
-    if !xattrs.is_empty() {
-        let records: Vec<(String, &[u8])> = xattrs
-            .iter()
-            .map(|(n, v)| {
-                (
-                    format!("SCHILY.xattr.{}", n.to_string_lossy()),
-                    v.as_slice(),
-                )
-            })
-            .collect();
-        b.append_pax_extensions(records.iter().map(|(k, v)| (k.as_str(), *v)))
-            .map_err(io_err("write layer entry", path))?;
-    }
-    let ft = m.file_type();
-    if ft.is_dir() {
-        h.set_entry_type(tar::EntryType::Directory);
-        // `dir/`, as docker and containerd write folders.
-        let mut name = rel.as_os_str().to_os_string();
-        name.push("/");
-        b.append_data(&mut h, Path::new(&name), io::empty())
-            .map_err(werr)
-    } else if ft.is_file() {
-        if m.nlink() > 1 {
-            let key = (m.dev(), m.ino());
-            if let Some(first) = written.get(&key) {
-                h.set_entry_type(tar::EntryType::Link);
-                return b.append_link(&mut h, rel, first).map_err(werr);
-            }
-            written.insert(key, rel.to_path_buf());
-        }
-        h.set_entry_type(tar::EntryType::Regular);
-        h.set_size(m.len());
-        let f = File::open(path).map_err(io_err("open", path))?;
-        b.append_data(&mut h, rel, f).map_err(werr)
-    } else if ft.is_symlink() {
-        let target = fs::read_link(path).map_err(io_err("readlink", path))?;
-        h.set_entry_type(tar::EntryType::Symlink);
-        b.append_link(&mut h, rel, &target).map_err(werr)
-    } else {
-        h.set_entry_type(if ft.is_char_device() {
-            tar::EntryType::Char
-        } else if ft.is_block_device() {
-            tar::EntryType::Block
-        } else {
-            tar::EntryType::Fifo
-        });
-        if !ft.is_fifo() {
-            let rdev = m.rdev() as libc::dev_t;
-            h.set_device_major(libc::major(rdev))
-                .map_err(io_err("write layer entry", path))?;
-            h.set_device_minor(libc::minor(rdev))
-                .map_err(io_err("write layer entry", path))?;
-        }
-        b.append_data(&mut h, rel, io::empty()).map_err(werr)
-    }
 }
 
 #[cfg(test)]

@@ -79,69 +79,93 @@ fn walk<W: Write>(
         let path = dir.join(&name);
         let rel = rel.join(&name);
         let m = fs::symlink_metadata(&path).map_err(|e| ExportError::io("stat", &path, e))?;
-        let io_err = |e: io::Error| ExportError::io("write tar entry", &path, e);
-        let mut h = tar::Header::new_gnu();
-        h.set_mode(m.mode() & 0o7777);
-        h.set_uid(m.uid() as u64);
-        h.set_gid(m.gid() as u64);
-        h.set_mtime(m.mtime().max(0) as u64);
-        h.set_size(0);
-        let xattrs = crate::worker::xattr::list(&path)
-            .map_err(|e| ExportError::io("read extended attributes of", &path, e))?;
-        if !xattrs.is_empty() {
-            let records: Vec<(String, &[u8])> = xattrs
-                .iter()
-                .map(|(n, v)| {
-                    (
-                        format!("SCHILY.xattr.{}", n.to_string_lossy()),
-                        v.as_slice(),
-                    )
-                })
-                .collect();
-            b.append_pax_extensions(records.iter().map(|(k, v)| (k.as_str(), *v)))
-                .map_err(|e| ExportError::io("write tar entry", &path, e))?;
-        }
-        let ft = m.file_type();
-        if ft.is_dir() {
-            h.set_entry_type(tar::EntryType::Directory);
-            b.append_data(&mut h, &rel, io::empty()).map_err(io_err)?;
+        append_entry(b, &path, &rel, &m, links, false)?;
+        if m.is_dir() {
             walk(b, &path, &rel, links)?;
-        } else if ft.is_file() {
-            if m.nlink() > 1 {
-                let key = (m.dev(), m.ino());
-                if let Some(first) = links.get(&key) {
-                    h.set_entry_type(tar::EntryType::Link);
-                    b.append_link(&mut h, &rel, first).map_err(io_err)?;
-                    continue;
-                }
-                links.insert(key, rel.clone());
-            }
-            h.set_entry_type(tar::EntryType::Regular);
-            h.set_size(m.len());
-            let f = File::open(&path).map_err(|e| ExportError::io("open", &path, e))?;
-            b.append_data(&mut h, &rel, f).map_err(io_err)?;
-        } else if ft.is_symlink() {
-            let target = fs::read_link(&path).map_err(|e| ExportError::io("readlink", &path, e))?;
-            h.set_entry_type(tar::EntryType::Symlink);
-            b.append_link(&mut h, &rel, &target).map_err(io_err)?;
-        } else if ft.is_char_device() || ft.is_block_device() || ft.is_fifo() {
-            h.set_entry_type(if ft.is_char_device() {
-                tar::EntryType::Char
-            } else if ft.is_block_device() {
-                tar::EntryType::Block
-            } else {
-                tar::EntryType::Fifo
-            });
-            if !ft.is_fifo() {
-                let rdev = m.rdev() as libc::dev_t;
-                h.set_device_major(libc::major(rdev)).map_err(io_err)?;
-                h.set_device_minor(libc::minor(rdev)).map_err(io_err)?;
-            }
-            b.append_data(&mut h, &rel, io::empty()).map_err(io_err)?;
         }
-        // Sockets have no archive form; they are left out.
     }
     Ok(())
+}
+
+/// Appends the entry at `path` (metadata `m`) to `b` as `rel`: mode, owner, mtime and
+/// extended attributes (PAX `SCHILY.xattr.*`); a file that shares its inode with one
+/// already written (`links`) becomes a hard link to it; a folder is named `rel/` with
+/// `dir_slash` (as docker and containerd write layers) and its children are the
+/// caller's. Sockets have no archive form and are left out.
+pub(crate) fn append_entry<W: Write>(
+    b: &mut tar::Builder<W>,
+    path: &Path,
+    rel: &Path,
+    m: &fs::Metadata,
+    links: &mut HashMap<(u64, u64), PathBuf>,
+    dir_slash: bool,
+) -> Result<(), ExportError> {
+    let io_err = |e: io::Error| ExportError::io("write tar entry", path, e);
+    let ft = m.file_type();
+    if ft.is_socket() {
+        return Ok(());
+    }
+    let mut h = tar::Header::new_gnu();
+    h.set_mode(m.mode() & 0o7777);
+    h.set_uid(m.uid() as u64);
+    h.set_gid(m.gid() as u64);
+    h.set_mtime(m.mtime().max(0) as u64);
+    h.set_size(0);
+    let xattrs = crate::worker::xattr::list(path)
+        .map_err(|e| ExportError::io("read extended attributes of", path, e))?;
+    if !xattrs.is_empty() {
+        let records: Vec<(String, &[u8])> = xattrs
+            .iter()
+            .map(|(n, v)| {
+                (
+                    format!("SCHILY.xattr.{}", n.to_string_lossy()),
+                    v.as_slice(),
+                )
+            })
+            .collect();
+        b.append_pax_extensions(records.iter().map(|(k, v)| (k.as_str(), *v)))
+            .map_err(io_err)?;
+    }
+    if ft.is_dir() {
+        h.set_entry_type(tar::EntryType::Directory);
+        let mut name = rel.as_os_str().to_os_string();
+        if dir_slash {
+            name.push("/");
+        }
+        b.append_data(&mut h, Path::new(&name), io::empty())
+            .map_err(io_err)
+    } else if ft.is_file() {
+        if m.nlink() > 1 {
+            let key = (m.dev(), m.ino());
+            if let Some(first) = links.get(&key) {
+                h.set_entry_type(tar::EntryType::Link);
+                return b.append_link(&mut h, rel, first).map_err(io_err);
+            }
+            links.insert(key, rel.to_path_buf());
+        }
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_size(m.len());
+        let f = File::open(path).map_err(|e| ExportError::io("open", path, e))?;
+        b.append_data(&mut h, rel, f).map_err(io_err)
+    } else if ft.is_symlink() {
+        let target = fs::read_link(path).map_err(|e| ExportError::io("readlink", path, e))?;
+        h.set_entry_type(tar::EntryType::Symlink);
+        b.append_link(&mut h, rel, &target).map_err(io_err)
+    } else {
+        h.set_entry_type(if ft.is_char_device() {
+            tar::EntryType::Char
+        } else if ft.is_block_device() {
+            tar::EntryType::Block
+        } else {
+            tar::EntryType::Fifo
+        });
+        if !ft.is_fifo() {
+            let rdev = m.rdev() as libc::dev_t;
+            h.set_device_major(libc::major(rdev)).map_err(io_err)?;
+            h.set_device_minor(libc::minor(rdev)).map_err(io_err)?;
+        }
+        b.append_data(&mut h, rel, io::empty()).map_err(io_err)
+    }
 }
 
 /// `type=tar`: writes the tree's tar to `dest` (a file replaced atomically, or

@@ -311,26 +311,8 @@ pub fn canonical_header_key(name: &str) -> String {
 }
 
 /// Replaces the user and password of a URL-looking string with `xxxxx`, without
-/// needing the string to parse as a URL.
-pub fn redact_str(s: &str) -> String {
-    let Some(scheme_end) = s.find("://") else {
-        return s.to_string();
-    };
-    let auth_start = scheme_end + 3;
-    let rest = &s[auth_start..];
-    let auth_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let authority = &rest[..auth_end];
-    let Some(at) = authority.rfind('@') else {
-        return s.to_string();
-    };
-    let userinfo = &authority[..at];
-    let redacted = if userinfo.contains(':') {
-        "xxxxx:xxxxx"
-    } else {
-        "xxxxx"
-    };
-    format!("{}{}{}", &s[..auth_start], redacted, &s[auth_start + at..])
-}
+/// needing the string to parse as a URL (shared with the image plugin).
+pub use kiln_source_net::redact_str;
 
 /// Redacts a parsed URL.
 pub fn redact_url(u: &Url) -> String {
