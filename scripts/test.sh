@@ -29,6 +29,11 @@ missing=()
 for prog in "${!needs[@]}"; do
   command -v "$prog" >/dev/null 2>&1 || missing+=("${needs[$prog]}")
 done
+# Run steps need a static busybox inside their root: Debian's `busybox` package is
+# dynamically linked and answers `command -v busybox` all the same.
+if ! dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q "ok installed"; then
+  [[ " ${missing[*]} " == *" busybox-static "* ]] || missing+=(busybox-static)
+fi
 if ((${#missing[@]})); then
   echo "installing missing test dependencies: ${missing[*]}" >&2
   sudo=""

@@ -321,14 +321,6 @@ fn resolve_plugin_path(path: &Path, base_dir: &Path, plugin_dirs: &[PathBuf]) ->
         })
 }
 
-/// 1-based line and column of byte `offset` in `text`.
-pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let before = &text[..offset.min(text.len())];
-    let line = before.matches('\n').count() + 1;
-    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-    (line, col)
-}
-
 /// The default root: `/var/lib/kiln` as root, else `$XDG_DATA_HOME/kiln`
 /// (`~/.local/share/kiln`).
 pub fn default_root() -> PathBuf {

@@ -1077,7 +1077,7 @@ fn the_timeout_from_the_config_kills_a_slow_fetch() {
 #[test]
 fn credentials_in_a_failing_url_are_redacted() {
     let fx = Fx::new();
-    let port = kiln_tests::git_server::free_port();
+    let port = kiln_tests::free_port();
     let url = format!("https://user:keepthissecret@127.0.0.1:{port}/x.git");
     let run = fx.resolve(&url, "main", &[]);
     run.expect_code(1);
@@ -1144,7 +1144,7 @@ fn lfs_files_are_smudged_or_reported() {
     let fresh = Env::new();
     let bin = fx.env.path("bin-without-lfs");
     std::fs::create_dir_all(&bin).unwrap();
-    let git_path = kiln_tests::git_server::which("git");
+    let git_path = kiln_tests::require_program("git", "git");
     std::os::unix::fs::symlink(git_path, bin.join("git")).unwrap();
     let d = fx.env.path("nolfs").display().to_string();
     let run: Run = fresh

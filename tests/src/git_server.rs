@@ -128,7 +128,7 @@ impl GitDaemon {
     /// Serves every repository under `base` as `git://127.0.0.1:PORT/<path>`.
     pub fn start(base: &Path) -> Self {
         crate::require_program("git", "git");
-        let port = free_port();
+        let port = crate::free_port();
         // The daemon program itself: `git daemon` would run it as a child that
         // outlives a kill of `git`.
         let exec_path = git(base, &["--exec-path"]);
@@ -525,48 +525,13 @@ fn lfs(
     out.write_all(&reply)
 }
 
-/// Decompresses a gzip body with the `gzip` program (request bodies are small).
+/// Decompresses a gzip request body.
 fn gunzip(data: &[u8]) -> Vec<u8> {
-    let Ok(mut child) = Command::new("gzip")
-        .arg("-dc")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-    else {
-        return data.to_vec();
-    };
-    let mut stdin = child.stdin.take().expect("stdin");
-    let data = data.to_vec();
-    let feed = thread::spawn(move || {
-        let _ = stdin.write_all(&data);
-    });
-    let out = child
-        .wait_with_output()
-        .map(|o| o.stdout)
-        .unwrap_or_default();
-    let _ = feed.join();
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(data)
+        .read_to_end(&mut out)
+        .expect("a gzip request body");
     out
-}
-
-/// A port that was free a moment ago.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
-/// The path of `program` on `PATH`; panics naming the Debian package `git` if absent.
-pub fn which(program: &str) -> PathBuf {
-    std::env::var_os("PATH")
-        .and_then(|p| {
-            std::env::split_paths(&p)
-                .map(|d| d.join(program))
-                .find(|p| p.is_file())
-        })
-        .unwrap_or_else(|| panic!("this test needs `{program}` on PATH: apt-get install git"))
 }
 
 /// `sshd` on a free loopback port letting the current user in with one key, and an
@@ -606,7 +571,7 @@ impl SshServer {
         std::fs::copy(dir.join("user_key.pub"), dir.join("authorized_keys")).expect("copy");
         // sshd as root wants its privilege separation directory.
         let _ = std::fs::create_dir_all("/run/sshd");
-        let port = free_port();
+        let port = crate::free_port();
         let config = dir.join("sshd_config");
         std::fs::write(
             &config,

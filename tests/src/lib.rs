@@ -38,15 +38,28 @@ pub fn plugin_file(lib_name: &str) -> PathBuf {
     p
 }
 
-/// Panics unless `program` is on PATH, naming the Debian package that provides it.
-pub fn require_program(program: &str, apt_package: &str) {
-    let found = std::env::var_os("PATH")
-        .map(|paths| std::env::split_paths(&paths).any(|d| d.join(program).is_file()))
-        .unwrap_or(false);
-    assert!(
-        found,
-        "this test needs `{program}`: install it with `apt-get install {apt_package}` (the README's test command does)"
-    );
+/// The path of `program` on PATH; panics naming the Debian package that provides it.
+pub fn require_program(program: &str, apt_package: &str) -> PathBuf {
+    std::env::var_os("PATH")
+        .and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|d| d.join(program))
+                .find(|p| p.is_file())
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "this test needs `{program}`: install it with `apt-get install {apt_package}` (the README's test command does)"
+            )
+        })
+}
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
 }
 
 /// The result of one `kiln` run.

@@ -17,14 +17,7 @@ use std::time::{Duration, Instant};
 
 use image::{Image, Layer};
 
-/// A free loopback port.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
+pub use crate::free_port;
 
 /// Runs a program, panicking with its output when it fails.
 pub fn run(cmd: &mut Command) -> Vec<u8> {

@@ -352,7 +352,7 @@ fn locate_config_key(text: &str, id: &str, key: &str) -> Option<(usize, usize)> 
         span = k.span().or_else(|| item.span()).or(span);
         cur = item;
     }
-    span.map(|s| crate::config::line_col(text, s.start))
+    span.map(|s| crate::text::line_col(text, s.start))
 }
 
 #[cfg(test)]

@@ -215,14 +215,21 @@ async fn stage(store: &Arc<Store>) -> Res<Staging> {
     blocking(move || store.stage().map_err(|e| e.to_string())).await
 }
 
+/// Commits `staging`; the tree's content hash (`tree` when already computed) is
+/// recorded with it and kept in the process's hasher for later selection checksums,
+/// so no tree is read twice.
 async fn commit(
-    store: &Arc<Store>,
+    ctx: &Ctx,
     staging: Staging,
     meta: SnapshotMeta,
+    tree: Option<Arc<TreeHash>>,
 ) -> Res<(SnapshotId, PathBuf)> {
-    let store = store.clone();
+    let (store, hasher) = (ctx.store.clone(), ctx.hasher.clone());
     blocking(move || {
-        let id = store.commit(staging, meta).map_err(|e| e.to_string())?;
+        let (id, tree) = store
+            .commit_hashed(staging, meta, tree)
+            .map_err(|e| e.to_string())?;
+        hasher.insert(id.as_str(), tree);
         let path = store
             .snapshot_path(&id)
             .map_err(|e| e.to_string())?
@@ -314,7 +321,7 @@ async fn source(node: &Node, ctx: &Arc<Ctx>, op: SourceOp) -> Res<NodeResult> {
     if let Some(p) = &pin {
         meta.metadata.insert("kiln.source.pin".into(), p.clone());
     }
-    let (id, path) = commit(&ctx.store, staging, meta).await?;
+    let (id, path) = commit(ctx, staging, meta, None).await?;
     save(&ctx.store, keys, &id, &strongest).await?;
     ctx.executed.fetch_add(1, Ordering::Relaxed);
     Ok(NodeResult {
@@ -361,8 +368,7 @@ async fn session_source(
         description: identifier,
         ..Default::default()
     };
-    let (id, path) = commit(&ctx.store, staging, meta).await?;
-    ctx.hasher.insert(id.as_str(), tree);
+    let (id, path) = commit(ctx, staging, meta, Some(tree)).await?;
     save(&ctx.store, vec![key.clone()], &id, &key).await?;
     ctx.executed.fetch_add(1, Ordering::Relaxed);
     Ok(NodeResult {
@@ -548,7 +554,7 @@ async fn operation(
         description: format!("step {step}"),
         ..Default::default()
     };
-    let (id, path) = commit(&ctx.store, staging, meta).await?;
+    let (id, path) = commit(ctx, staging, meta, None).await?;
     let mut keys = vec![fast];
     keys.extend(slow);
     save(&ctx.store, keys, &id, &effective).await?;

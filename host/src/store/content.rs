@@ -167,7 +167,7 @@ impl Store {
 }
 
 /// Hashes everything in `file` from its start; returns the hasher and the length read.
-fn hash_prefix(file: &mut File) -> io::Result<(Sha256, u64)> {
+pub(super) fn hash_prefix(file: &mut File) -> io::Result<(Sha256, u64)> {
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; BUF];
     let mut total = 0u64;

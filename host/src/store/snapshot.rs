@@ -154,11 +154,19 @@ impl Store {
 
     /// Commits a filled staging directory as an immutable snapshot and leases it to this
     /// owner. See the module docs for the crash-safety argument.
-    pub fn commit(
+    pub fn commit(&self, staging: Staging, meta: SnapshotMeta) -> Result<SnapshotId, StoreError> {
+        self.commit_hashed(staging, meta, None).map(|(id, _)| id)
+    }
+
+    /// [`Store::commit`], recording the tree's content hash: `tree` when the caller has
+    /// already hashed the staged tree, else computed here (one read of every file).
+    /// Returns the hash too, so the caller can reuse it for selection checksums.
+    pub fn commit_hashed(
         &self,
         mut staging: Staging,
         meta: SnapshotMeta,
-    ) -> Result<SnapshotId, StoreError> {
+        tree: Option<std::sync::Arc<crate::contenthash::TreeHash>>,
+    ) -> Result<(SnapshotId, std::sync::Arc<crate::contenthash::TreeHash>), StoreError> {
         for b in &meta.blobs {
             super::content::sha256_hex(b)?;
         }
@@ -174,9 +182,14 @@ impl Store {
         }
         // The tree's content hash (BuildKit's contenthash of "/"), recorded so that
         // `kiln cache verify` can tell a tree changed on disk after its commit.
-        let content_hash = crate::contenthash::TreeHash::compute(&staging.path)
-            .map_err(|e| StoreError::io("hash staging directory", &e.path, e.source))?
-            .root_digest();
+        let tree = match tree {
+            Some(t) => t,
+            None => std::sync::Arc::new(
+                crate::contenthash::TreeHash::compute(&staging.path)
+                    .map_err(|e| StoreError::io("hash staging directory", &e.path, e.source))?,
+            ),
+        };
+        let content_hash = tree.root_digest();
         let id = SnapshotId::new_random();
         let dest = self.snapshot_dir(&id);
         let owner = self.inner.owner.clone();
@@ -234,7 +247,7 @@ impl Store {
                     let _ = fsutil::remove_tree(&dest);
                 }
             })?;
-        Ok(id)
+        Ok((id, tree))
     }
 
     fn snapshot_recorded(&self, id: &SnapshotId) -> bool {

@@ -8,12 +8,12 @@
 
 use std::fmt;
 use std::fs;
-use std::io::{self, Read};
+use std::io;
 use std::path::PathBuf;
 
 use rusqlite::params;
 use serde::Serialize;
-use sha2::{Digest, Sha256};
+use sha2::Digest;
 
 use super::cache::release_tx;
 use super::error::{IoContext, StoreError};
@@ -84,16 +84,7 @@ impl fmt::Display for VerifyReport {
 }
 
 fn file_sha256(path: &std::path::Path) -> io::Result<String> {
-    let mut f = fs::File::open(path)?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
+    let (h, _) = super::content::hash_prefix(&mut fs::File::open(path)?)?;
     Ok(hex::encode(h.finalize()))
 }
 

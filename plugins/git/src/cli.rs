@@ -296,13 +296,12 @@ fn read_stderr(r: &mut impl Read, tx: &std::sync::mpsc::Sender<(String, u64, u64
             if b == b'\r' || b == b'\n' {
                 let l = String::from_utf8_lossy(&line).into_owned();
                 line.clear();
+                // A progress line goes to the display, never into the error text.
                 if let Some((task, cur, total)) = parse_progress(&l) {
                     let _ = tx.send((task, cur, total));
-                    if b == b'\r' {
-                        continue;
-                    }
+                    continue;
                 }
-                if !l.trim().is_empty() && !is_progress_line(&l) {
+                if !l.trim().is_empty() {
                     text.push_str(&l);
                     text.push('\n');
                 }
@@ -315,10 +314,6 @@ fn read_stderr(r: &mut impl Read, tx: &std::sync::mpsc::Sender<(String, u64, u64
         text.push_str(&String::from_utf8_lossy(&line));
     }
     text
-}
-
-fn is_progress_line(l: &str) -> bool {
-    parse_progress(l).is_some()
 }
 
 /// Parses `remote: Counting objects:  50% (5/10)` or `Receiving objects:  45% (9/20), 1 MiB`
@@ -365,9 +360,7 @@ fn classify(what: &str, stderr: &str) -> PluginError {
             "{text} (the remote wants credentials: give a token or header with --secret \
              id=GIT_AUTH_TOKEN.<host> or id=GIT_AUTH_HEADER.<host>, or forward ssh with --ssh)"
         ))
-    } else if lower.contains("authentication failed")
-        || lower.contains("could not read username")
-        || lower.contains("permission denied")
+    } else if lower.contains("permission denied")
         || lower.contains(" 401")
         || lower.contains(" 403")
     {

@@ -13,7 +13,7 @@ use crate::resolve::Resolved;
 
 /// The key of `id` resolved as `r`.
 pub fn cache_key(id: &GitIdentifier, r: &Resolved) -> String {
-    let base = if !id.keep_git_dir && r.annotated {
+    let base = if !id.keep_git_dir && r.is_annotated() {
         &r.commit
     } else {
         &r.checksum
@@ -65,7 +65,6 @@ mod tests {
             fullref: "refs/heads/master".into(),
             checksum: COMMIT.into(),
             commit: COMMIT.into(),
-            annotated: false,
         }
     }
 
@@ -74,7 +73,6 @@ mod tests {
             fullref: "refs/tags/v1.2.3".into(),
             checksum: TAG.into(),
             commit: COMMIT.into(),
-            annotated: true,
         }
     }
 
@@ -141,7 +139,6 @@ mod tests {
             fullref: COMMIT.into(),
             checksum: COMMIT.into(),
             commit: COMMIT.into(),
-            annotated: false,
         };
         assert_eq!(cache_key(&i, &r), format!("{COMMIT}.git#{COMMIT}"));
     }

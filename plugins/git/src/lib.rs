@@ -97,8 +97,6 @@ struct Shared {
 
 /// The git source.
 pub struct GitSource {
-    /// The `git` program found at start-up.
-    pub git: PathBuf,
     shared: Arc<Shared>,
 }
 
@@ -185,19 +183,15 @@ impl GitStep {
     /// The hardened git with this job's auth (and the known-hosts file it needs).
     fn cli(&self, job: &Job<'_>) -> Result<(GitCli, auth::Cleanup)> {
         let mut cli = GitCli::new(self.shared.git.clone(), self.shared.timeout);
-        // Only reachable when allowed (see `identifier`); checked again all the same.
-        if self.id.remote.protocol() == url::Protocol::File {
-            if !self.shared.allow_file_remotes {
-                return Err(file_remotes_refused(&self.id));
-            }
-            cli.file_remote = true;
-        }
+        // `identifier` refused file remotes unless they are allowed.
+        cli.file_remote = self.id.remote.protocol() == url::Protocol::File;
         let cleanup = auth::apply(&mut cli, &self.id, job, &self.shared.state.join("tmp"))?;
         Ok((cli, cleanup))
     }
 
-    /// Resolves once per job (see [`Memo`]).
-    fn resolved(&self, cli: &GitCli, job: &Job<'_>) -> Result<Resolved> {
+    /// Resolves once per job (see [`Memo`]); git (and the job's auth) is set up only
+    /// when neither this step nor the job has resolved the ref yet.
+    fn resolved(&self, job: &Job<'_>) -> Result<Resolved> {
         if let Some(r) = self
             .chosen
             .lock()
@@ -217,10 +211,10 @@ impl GitStep {
             .shared
             .memo
             .get_or(&job.id(), &memo_key, || {
-                resolve::resolve(cli, &self.id, job)
+                let (cli, _cleanup) = self.cli(job)?;
+                resolve::resolve(&cli, &self.id, job)
             })
             .map_err(|e| e.context(&self.id))?;
-        resolve::check_checksum(&self.id.checksum, &r).map_err(|e| e.context(&self.id))?;
         *self.chosen.lock().unwrap_or_else(|e| e.into_inner()) = Some(r.clone());
         Ok(r)
     }
@@ -228,8 +222,7 @@ impl GitStep {
 
 impl SourceInstance for GitStep {
     fn cache_key(&self, _index: u32, job: &Job<'_>) -> Result<CacheKey> {
-        let (cli, _cleanup) = self.cli(job)?;
-        let r = self.resolved(&cli, job)?;
+        let r = self.resolved(job)?;
         Ok(CacheKey {
             key: key::cache_key(&self.id, &r),
             pin: key::pin(&r),
@@ -241,8 +234,8 @@ impl SourceInstance for GitStep {
     }
 
     fn snapshot(&self, dest: &Path, job: &Job<'_>) -> Result<Snapshot> {
+        let r = self.resolved(job)?;
         let (cli, _cleanup) = self.cli(job)?;
-        let r = self.resolved(&cli, job)?;
         let fetch_task = format!("fetch {}", self.id.remote);
         job.progress_start(&fetch_task, 0);
         // git's phases (counting, compressing, receiving, resolving) one after the
@@ -341,7 +334,6 @@ impl Plugin for GitSource {
         }
         tracing::debug!(git = %git.display(), "git source ready");
         Ok(Self {
-            git: git.clone(),
             shared: Arc::new(Shared {
                 git,
                 timeout: Duration::from_secs(config.timeout_secs),
@@ -366,7 +358,6 @@ mod tests {
 
     fn source_with(allow_file_remotes: bool) -> GitSource {
         GitSource {
-            git: PathBuf::from("git"),
             shared: Arc::new(Shared {
                 git: PathBuf::from("git"),
                 timeout: Duration::from_secs(60),

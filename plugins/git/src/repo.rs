@@ -258,10 +258,10 @@ pub fn ensure(
     let got = repo.rev_parse(cli, &local);
     if got.as_deref() != Some(wanted.as_str()) {
         // The ref moved (or vanished) since the key was computed.
-        if !repo.complete(cli, wanted) {
-            let _ = fetch(cli, repo, &url, wanted, &local, job, &what, progress);
-        }
-        if !repo.complete(cli, wanted) {
+        if !repo.complete(cli, wanted)
+            && (fetch(cli, repo, &url, wanted, &local, job, &what, progress).is_err()
+                || !repo.complete(cli, wanted))
+        {
             return Err(PluginError::not_found(format!(
                 "fetched ref {} does not match expected commit {} and commit can not be found (remote {})",
                 r.fullref, r.commit, id.remote
@@ -355,7 +355,6 @@ mod tests {
             fullref: f.into(),
             checksum: "a".repeat(40),
             commit: "a".repeat(40),
-            annotated: false,
         };
         assert_eq!(local_ref(&r("refs/heads/main")), "refs/kiln/heads/main");
         assert_eq!(local_ref(&r("refs/tags/v1")), "refs/kiln/tags/v1");

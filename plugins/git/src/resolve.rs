@@ -30,8 +30,13 @@ pub struct Resolved {
     pub checksum: String,
     /// The commit (the peeled tag for annotated tags).
     pub commit: String,
-    /// Whether `fullref` is an annotated tag (`checksum` != `commit`).
-    pub annotated: bool,
+}
+
+impl Resolved {
+    /// Whether `fullref` is an annotated tag: the object it names is not the commit.
+    pub fn is_annotated(&self) -> bool {
+        self.checksum != self.commit
+    }
 }
 
 /// Resolves `id` against its remote (no network for a full sha or fetch-by-commit).
@@ -41,7 +46,6 @@ pub fn resolve(cli: &GitCli, id: &GitIdentifier, job: &Job<'_>) -> Result<Resolv
             fullref: id.reference.clone(),
             checksum: id.reference.clone(),
             commit: id.reference.clone(),
-            annotated: false,
         }
     } else if id.fetch_by_commit {
         let fullref = if id.reference.is_empty() {
@@ -55,7 +59,6 @@ pub fn resolve(cli: &GitCli, id: &GitIdentifier, job: &Job<'_>) -> Result<Resolv
             fullref,
             checksum: id.checksum.clone(),
             commit: id.checksum.clone(),
-            annotated: false,
         }
     } else {
         let url = id.remote.command_arg();
@@ -125,15 +128,14 @@ pub fn pick(lines: &[(String, String)], reference: &str) -> Result<Resolved> {
             validate_remote_ref(&name)?;
             let sha = valid_sha(&sha)?;
             let peeled = find(&format!("{name}^{{}}"));
-            let (commit, annotated) = match peeled {
-                Some(p) => (valid_sha(&p)?, true),
-                None => (sha.clone(), false),
+            let commit = match peeled {
+                Some(p) => valid_sha(&p)?,
+                None => sha.clone(),
             };
             return Ok(Resolved {
                 fullref: name,
                 checksum: sha,
                 commit,
-                annotated,
             });
         }
     }
@@ -174,7 +176,6 @@ pub fn default_branch(out: &str) -> Result<Resolved> {
         fullref,
         checksum: sha.clone(),
         commit: sha,
-        annotated: false,
     })
 }
 
@@ -291,7 +292,7 @@ mod tests {
         let r = pick(&l, "v2").unwrap();
         assert_eq!(r.checksum, B);
         assert_eq!(r.commit, C);
-        assert!(r.annotated);
+        assert!(r.is_annotated());
         check_checksum(&B[..8], &r).unwrap();
         check_checksum(&C[..8], &r).unwrap();
         let e = check_checksum("abcdef", &r).unwrap_err();
@@ -326,7 +327,6 @@ mod tests {
             fullref: "refs/heads/x".into(),
             checksum: c.into(),
             commit: c.into(),
-            annotated: false,
         };
         assert_eq!(m.get_or("j1", "k", || Ok(r(A))).unwrap().checksum, A);
         assert_eq!(m.get_or("j1", "k", || Ok(r(B))).unwrap().checksum, A);

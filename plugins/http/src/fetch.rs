@@ -249,14 +249,16 @@ pub fn get_into_store(
                 validator: p.validator.clone(),
             }),
             // From the start: what a later attempt or run may resume against, a strong
-            // ETag, else Last-Modified, with the full length (absent when ureq
-            // decoded a compressed body).
+            // ETag, else Last-Modified, with the full length. A gzip body is stored
+            // decoded, so a range of the encoded body cannot continue it: no validator,
+            // never resumed.
             _ => Some(Partial {
                 total,
                 validator: resp
                     .header("ETag")
                     .filter(|e| !e.starts_with("W/"))
                     .or_else(|| resp.header("Last-Modified"))
+                    .filter(|_| !gzip)
                     .unwrap_or_default(),
             }),
         };

@@ -120,7 +120,8 @@ impl ImageStep {
         let top = if let Some(d) = r.digest() {
             let d = d.to_string();
             if self.host.blob_path(&d).is_none() || !self.state.has_source(&repo_name, &d) {
-                top_doc = Some(fetch_top(&client, &repo, &d, Some(&d), &name)?);
+                let (bytes, ctype, _) = fetch_top(&client, &repo, &d, Some(&d), &name)?;
+                top_doc = Some((bytes, ctype));
             }
             d
         } else {
@@ -142,8 +143,7 @@ impl ImageStep {
                     d
                 }
                 None => match fetch_top(&client, &repo, tag, None, &name) {
-                    Ok((bytes, ctype)) => {
-                        let d = keys::sha256_digest(&bytes);
+                    Ok((bytes, ctype, d)) => {
                         self.state.set_tag(&name_tag, &d);
                         top_doc = Some((bytes, ctype));
                         d
@@ -171,8 +171,9 @@ impl ImageStep {
         }
         if let Some((bytes, _)) = &top_doc {
             pull::commit_small(&self.host, &top, bytes)?;
+            // Only a fetch from this repository proves it serves the digest.
+            self.state.set_source(&repo_name, &top);
         }
-        self.state.set_source(&repo_name, &top);
         let origin = Origin::Registry { client, repo };
         let res = pull::resolve_from(
             &self.host,
@@ -214,13 +215,14 @@ impl ImageStep {
 
 /// GETs the top-level manifest or index by tag or digest and verifies it: against the
 /// digest asked for, else against `Docker-Content-Digest` when the registry sends one.
+/// Returns the bytes, their content type and their digest.
 fn fetch_top(
     client: &Client,
     repo: &Repo,
     reference: &str,
     want: Option<&str>,
     name: &str,
-) -> Result<(Vec<u8>, Option<String>)> {
+) -> Result<(Vec<u8>, Option<String>, String)> {
     let r = client.manifest(repo, reference)?;
     let got = keys::sha256_digest(&r.bytes);
     let expected = want
@@ -233,7 +235,7 @@ fn fetch_top(
             )));
         }
     }
-    Ok((r.bytes, r.content_type))
+    Ok((r.bytes, r.content_type, got))
 }
 
 impl SourceInstance for ImageStep {
@@ -276,11 +278,11 @@ impl SourceInstance for ImageStep {
             &r.diff_ids,
             &unpack::UnpackOptions { same_owner: root },
         )?;
-        let mut metadata = vec![(
-            "image.chainid".to_string(),
-            r.chain_id.clone().unwrap_or_default(),
-        )];
-        metadata.retain(|(_, v)| !v.is_empty());
+        let metadata = r
+            .chain_id
+            .iter()
+            .map(|c| ("image.chainid".to_string(), c.clone()))
+            .collect();
         Ok(Snapshot { metadata })
     }
 }

@@ -491,11 +491,6 @@ impl<'a> BlobReader<'a> {
             retries: 0,
         }))
     }
-
-    /// Bytes read so far (counting the starting offset).
-    pub fn position(&self) -> u64 {
-        self.pos
-    }
 }
 
 impl Read for BlobReader<'_> {

@@ -4,7 +4,7 @@
 //! reused for `name@digest` only under a repository that served it, as BuildKit's
 //! distribution-source labels do). One small file per fact, written temp + rename.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use sha2::{Digest as _, Sha256};
 
@@ -61,11 +61,6 @@ impl State {
     /// Whether `repo` served `digest` before.
     pub fn has_source(&self, repo: &str, digest: &str) -> bool {
         self.read("sources", &format!("{repo}@{digest}")).is_some()
-    }
-
-    /// The directory.
-    pub fn dir(&self) -> &Path {
-        &self.dir
     }
 }
 

@@ -19,6 +19,27 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// The system's CA bundle (else the bundled Mozilla roots), read once per process:
+/// every resolve makes clients for a few hosts, and the bundle is hundreds of PEMs.
+fn system_roots() -> &'static RootCertStore {
+    static ROOTS: std::sync::OnceLock<RootCertStore> = std::sync::OnceLock::new();
+    ROOTS.get_or_init(|| {
+        let mut roots = RootCertStore::empty();
+        for bundle in SYSTEM_BUNDLES {
+            if let Ok(iter) = CertificateDer::pem_file_iter(bundle) {
+                for cert in iter.flatten() {
+                    let _ = roots.add(cert);
+                }
+                if !roots.is_empty() {
+                    return roots;
+                }
+            }
+        }
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        roots
+    })
+}
+
 /// The client configuration for one host.
 pub fn client_config(extra_ca: &[String], insecure: bool) -> Result<Arc<ClientConfig>, String> {
     let builder = ClientConfig::builder_with_provider(provider())
@@ -32,21 +53,7 @@ pub fn client_config(extra_ca: &[String], insecure: bool) -> Result<Arc<ClientCo
                 .with_no_client_auth(),
         ));
     }
-    let mut roots = RootCertStore::empty();
-    let mut system = false;
-    for bundle in SYSTEM_BUNDLES {
-        if let Ok(iter) = CertificateDer::pem_file_iter(bundle) {
-            for cert in iter.flatten() {
-                system |= roots.add(cert).is_ok();
-            }
-            if system {
-                break;
-            }
-        }
-    }
-    if !system {
-        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    }
+    let mut roots = system_roots().clone();
     for file in extra_ca {
         let certs: Vec<_> = CertificateDer::pem_file_iter(file)
             .map_err(|e| format!("ca file {file}: {e}"))?

@@ -29,20 +29,6 @@ pub const ATTR_METADATA_TRANSFER: &str = "local.metadatatransfer";
 /// `local.metadatatransferexclude`: patterns for the metadata-only transfer.
 pub const ATTR_METADATA_TRANSFER_EXCLUDE: &str = "local.metadatatransferexclude";
 
-const KNOWN: [&str; 11] = [
-    ATTR_SESSION,
-    ATTR_UNIQUE,
-    ATTR_INCLUDE,
-    ATTR_INCLUDE_ALT,
-    ATTR_EXCLUDE,
-    ATTR_FOLLOW,
-    ATTR_SHARED_KEY_HINT,
-    ATTR_DIFFER,
-    ATTR_IGNORE_FILE,
-    ATTR_METADATA_TRANSFER,
-    ATTR_METADATA_TRANSFER_EXCLUDE,
-];
-
 /// The attributes this source accepts (its schema, checked by the host before the
 /// plugin is called and shown by `kiln plugins show io.kiln.source.v1.local`).
 pub fn attributes() -> Vec<AttrSpec> {
@@ -88,11 +74,6 @@ pub fn attributes() -> Vec<AttrSpec> {
             ATTR_IGNORE_FILE,
             String,
             "ignore file (.dockerignore syntax) in the context; default .dockerignore, empty: none",
-        ),
-        AttrSpec::new(
-            ATTR_IGNORE_FILE,
-            String,
-            "ignore file (.dockerignore syntax) in the context; default .dockerignore, \"\" for none",
         ),
         AttrSpec::new(
             ATTR_METADATA_TRANSFER,
@@ -170,7 +151,10 @@ impl LocalId {
                 format!("a local name cannot contain {c:?}; use a plain name such as \"context\""),
             ));
         }
-        request.deny_unknown("local.", &KNOWN)?;
+        // Every attribute of our own prefix must be one the schema declares.
+        let known = attributes();
+        let names: Vec<&str> = known.iter().map(|a| a.name.as_str()).collect();
+        request.deny_unknown("local.", &names)?;
 
         let mut key_name = name.to_string();
         let mut session = None;

@@ -265,7 +265,7 @@ pub fn apply_layer<R: Read>(
         }
     }
     Ok(LayerStats {
-        diff_id: format!("sha256:{}", hex(&digest.hasher.finalize())),
+        diff_id: format!("sha256:{}", hex::encode(digest.hasher.finalize())),
         entries,
         uncompressed_bytes: digest.bytes,
     })
@@ -1012,14 +1012,4 @@ fn timestamps(t: Time) -> Timestamps {
         last_access: ts,
         last_modification: ts,
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for &b in bytes {
-        s.push(DIGITS[usize::from(b >> 4)] as char);
-        s.push(DIGITS[usize::from(b & 15)] as char);
-    }
-    s
 }

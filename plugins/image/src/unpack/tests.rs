@@ -161,7 +161,7 @@ fn zstd(data: &[u8]) -> Vec<u8> {
 }
 
 fn sha256(data: &[u8]) -> String {
-    format!("sha256:{}", hex(&Sha256::digest(data)))
+    format!("sha256:{}", hex::encode(Sha256::digest(data)))
 }
 
 /// A scratch area: `root` to unpack into, `outside` a sentinel directory next to it.
